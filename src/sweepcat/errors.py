@@ -1,0 +1,44 @@
+"""Errors that reach users: each names the culprit and says what to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SweepcatError(Exception):
+    """An error with a message for people; the CLI prints it without a traceback."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  -> {self.hint}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one place: a file, a manifest row, a column."""
+
+    where: str  # e.g. "artifacts.parquet row 17 column 'file'" or "data/run3.h5"
+    what: str  # what is wrong
+    fix: str  # what to do about it
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what} -> {self.fix}"
+
+
+class ContractError(SweepcatError):
+    """A manifest (or input directory) breaks the contract; lists every problem found."""
+
+    max_listed = 20
+
+    def __init__(self, problems: list[Problem], subject: str = "manifest"):
+        self.problems = list(problems)
+        shown = [f"  - {p}" for p in self.problems[: self.max_listed]]
+        more = len(self.problems) - self.max_listed
+        if more > 0:
+            shown.append(f"  ... and {more} more")
+        head = f"{subject}: {len(self.problems)} problem(s); nothing was written"
+        super().__init__(head + "\n" + "\n".join(shown))
