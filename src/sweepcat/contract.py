@@ -19,20 +19,24 @@ nothing from sweepcat but ``errors``.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import tempfile
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ContractError, Problem, SweepcatError
+
+if TYPE_CHECKING:  # pandas costs 0.3 s to import; only the client's helpers need it
+    import pandas as pd
 
 CONTRACT_VERSION = 1
 DESCRIPTION_KEY = b"sweepcat.dataset"
@@ -138,8 +142,10 @@ class Locator:
         )
 
 
-def locator_urls(root: str, files: pd.Series, datasets: pd.Series, indices: pd.Series) -> pd.Series:
+def locator_urls(root: str, files: "pd.Series", datasets: "pd.Series", indices: "pd.Series") -> "pd.Series":
     """Vectorised ``Locator.url`` for whole result tables."""
+    import pandas as pd
+
     base = "file://" + urllib.parse.quote(Path(root).as_posix().rstrip("/")) + "/"
     quoted_files = files.map(lambda f: urllib.parse.quote(str(f)))
     quoted_ds = datasets.map(lambda d: urllib.parse.quote(str(d), safe="/_-.~"))
@@ -175,7 +181,9 @@ def path_problem(file: str, root: Path | None) -> str | None:
 # --------------------------------------------------------------------------- validation
 
 
-def _rows(mask: np.ndarray) -> np.ndarray:
+def _rows(mask: Any) -> np.ndarray:
+    if isinstance(mask, (pa.Array, pa.ChunkedArray)):
+        mask = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
     return np.flatnonzero(np.asarray(mask, dtype=bool))
 
 
@@ -184,12 +192,36 @@ def _list_rows(rows: np.ndarray, limit: int = 5) -> str:
     return shown + (f" (+{len(rows) - limit} more)" if len(rows) > limit else "")
 
 
+def _duplicated(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Mask of rows whose value occurs more than once (nulls ignored); cheap when all are unique."""
+    n = len(values)
+    if len(pc.unique(values)) + values.null_count >= n:
+        return np.zeros(n, dtype=bool)
+    counts = pc.value_counts(values)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return _mask(pc.is_in(values, value_set=repeated))
+
+
+def _mask(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def parameter_columns(ham: pa.Table) -> list[str]:
     return [c for c in ham.column_names if c not in HAM_REQUIRED]
 
 
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _bad_keys(values: pa.ChunkedArray) -> np.ndarray:
+    ok = pc.match_substring_regex(values, _KEY_RE.pattern)
+    dots = pc.is_in(values, value_set=pa.array([".", ".."]))
+    return ~_mask(ok) | _mask(dots)
 
 
 def validate(
@@ -205,7 +237,7 @@ def validate(
 
     Row numbers count from 0, as pandas shows them. Null parameters are
     allowed (not applicable, or NaN turned null by ``--nan-policy null``); NaN
-    and infinities are not.
+    and infinities are not. Vectorised: 100,000 rows take milliseconds.
     """
     problems: list[Problem] = []
     add = problems.append
@@ -215,152 +247,149 @@ def validate(
             if col not in table.column_names:
                 add(Problem(name, f"missing required column {col!r}",
                             f"add the column; required are {', '.join(required)}"))
+            elif not _is_string(table.schema.field(col).type):
+                add(Problem(f"{name} column {col!r}", f"has type {table.schema.field(col).type}, not string",
+                            "store identifiers and paths as strings"))
     if problems:
         return problems
 
     # -- Hamiltonians
     for col in HAM_REQUIRED:
-        values = ham.column(col).to_pandas()
-        if not pa.types.is_string(ham.schema.field(col).type) and not pa.types.is_large_string(
-            ham.schema.field(col).type
-        ):
-            add(Problem(f"{ham_name} column {col!r}", f"has type {ham.schema.field(col).type}, not string",
-                        "store identifiers as strings"))
-            continue
-        empty = values.isna() | (values == "")
+        values = ham.column(col)
+        empty = _mask(pc.or_kleene(pc.is_null(values), pc.equal(values, "")))
         if empty.any():
-            rows = _rows(empty)
-            add(Problem(f"{ham_name} rows {_list_rows(rows)} column {col!r}", "is empty",
+            add(Problem(f"{ham_name} rows {_list_rows(_rows(empty))} column {col!r}", "is empty",
                         f"give every Hamiltonian a {col}"))
-        dup = values.duplicated(keep=False) & ~empty
+        dup = _duplicated(values) & ~empty
         if dup.any():
             rows = _rows(dup)
-            first = values.iloc[rows[0]]
             add(Problem(f"{ham_name} rows {_list_rows(rows)} column {col!r}",
-                        f"duplicate {col} (e.g. {first!r}); {col} must be unique",
+                        f"duplicate {col} (e.g. {values[int(rows[0])].as_py()!r}); {col} must be unique",
                         f"derive {col} from something unique, such as file name and row index"))
         if col == "key":
-            bad = ~empty & ~values.fillna("").map(is_valid_key).astype(bool)
+            bad = _bad_keys(values) & ~empty
             if bad.any():
                 rows = _rows(bad)
                 add(Problem(f"{ham_name} rows {_list_rows(rows)} column 'key'",
-                            f"{values.iloc[rows[0]]!r} is not a valid catalog key",
+                            f"{values[int(rows[0])].as_py()!r} is not a valid catalog key",
                             "use letters, digits and _ . - only (no '/' or spaces)"))
 
     for col in parameter_columns(ham):
         arr = ham.column(col)
-        if _is_numeric(arr.type):
-            values = arr.to_numpy(zero_copy_only=False)
-            nulls = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            if pa.types.is_floating(arr.type):
-                nonfinite = ~np.isfinite(np.where(nulls, 0.0, values.astype("float64")))
-                if nonfinite.any():
-                    rows = _rows(nonfinite)
-                    add(Problem(f"{ham_name} rows {_list_rows(rows)} column {col!r}",
-                                f"parameter is not finite ({values[rows[0]]!r} at row {rows[0]})",
-                                "fix the simulation output, or regenerate with --nan-policy null|skip"))
+        if pa.types.is_floating(arr.type):
+            nonfinite = _mask(pc.invert(pc.is_finite(arr)))
+            if nonfinite.any():
+                rows = _rows(nonfinite)
+                add(Problem(f"{ham_name} rows {_list_rows(rows)} column {col!r}",
+                            f"parameter is not finite ({arr[int(rows[0])].as_py()!r} at row {rows[0]})",
+                            "fix the simulation output, or regenerate with --nan-policy null|skip"))
 
     # -- Artifacts
-    a_huid = art.column("huid").to_pandas()
-    a_type = art.column("type").to_pandas()
-    h_huid = ham.column("huid").to_pandas()
-    orphan = ~a_huid.isin(h_huid)
+    a_huid, a_type = art.column("huid"), art.column("type")
+    orphan = ~_mask(pc.is_in(a_huid, value_set=ham.column("huid")))
     if orphan.any():
         rows = _rows(orphan)
         add(Problem(f"{art_name} rows {_list_rows(rows)} column 'huid'",
-                    f"huid {a_huid.iloc[rows[0]]!r} is not in {ham_name}",
+                    f"huid {a_huid[int(rows[0])].as_py()!r} is not in {ham_name}",
                     "add the Hamiltonian or drop its artifacts"))
-    bad_type = a_type.isna() | ~a_type.fillna("").map(is_valid_key).astype(bool)
+    bad_type = _bad_keys(a_type) | _mask(pc.is_null(a_type))
     if bad_type.any():
         rows = _rows(bad_type)
         add(Problem(f"{art_name} rows {_list_rows(rows)} column 'type'",
-                    f"{a_type.iloc[rows[0]]!r} is not a valid artifact type (it becomes a catalog key)",
+                    f"{a_type[int(rows[0])].as_py()!r} is not a valid artifact type (it becomes a catalog key)",
                     "use letters, digits and _ . - only, e.g. 'rixs'"))
-    pair = pd.DataFrame({"huid": a_huid, "type": a_type})
-    dup = pair.duplicated(keep=False).to_numpy() & ~bad_type.to_numpy()
+    pair = pc.binary_join_element_wise(a_huid, a_type, "\x00")
+    dup = _duplicated(pair) & ~bad_type
     if dup.any():
         rows = _rows(dup)
+        r0 = int(rows[0])
         add(Problem(f"{art_name} rows {_list_rows(rows)} columns 'huid','type'",
-                    f"type {a_type.iloc[rows[0]]!r} appears more than once for huid {a_huid.iloc[rows[0]]!r}",
+                    f"type {a_type[r0].as_py()!r} appears more than once for huid {a_huid[r0].as_py()!r}",
                     "type must be unique per huid: name them apart, e.g. mag_x and mag_y"))
 
-    files = art.column("file").to_pandas()
+    files = art.column("file")
     root_path = Path(root) if root is not None else None
-    for file, idx in files.groupby(files.fillna(""), sort=False).groups.items():
+    for file in pc.unique(files).to_pylist():
         why = path_problem(file, root_path)
         if why is None and check_files_exist and root_path is not None and not (root_path / file).is_file():
             why = f"does not exist under {root_path}"
         if why:
-            rows = np.sort(np.asarray(files.index.get_indexer(idx)))
+            rows = _rows(pc.is_null(files) if file is None else pc.equal(files, file))
             add(Problem(f"{art_name} rows {_list_rows(rows)} column 'file'", f"{file!r} {why}",
                         "list files relative to the dataset root, inside it"))
 
-    datasets = art.column("dataset").to_pandas()
-    empty_ds = datasets.isna() | (datasets == "")
+    datasets = art.column("dataset")
+    empty_ds = _mask(pc.or_kleene(pc.is_null(datasets), pc.equal(datasets, "")))
     if empty_ds.any():
-        rows = _rows(empty_ds)
-        add(Problem(f"{art_name} rows {_list_rows(rows)} column 'dataset'", "is empty",
+        add(Problem(f"{art_name} rows {_list_rows(_rows(empty_ds))} column 'dataset'", "is empty",
                     "give the HDF5 dataset path, e.g. /RIXS"))
 
     if "index" in art.column_names:
         col = art.column("index")
-        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type):
-            values = col.to_pandas()
-            present = values.notna()
-            numeric = values[present].astype("float64")
-            bad = pd.Series(False, index=values.index)
-            bad[present] = (numeric < 0) | (numeric != np.floor(numeric))
-            if bad.any():
-                rows = _rows(bad)
-                add(Problem(f"{art_name} rows {_list_rows(rows)} column 'index'",
-                            f"{values.iloc[rows[0]]!r} is not a non-negative integer",
-                            "index is the row along axis 0 of a batched dataset; leave it null otherwise"))
+        if _is_numeric(col.type) or pa.types.is_null(col.type):
+            if not pa.types.is_null(col.type):
+                as_float = pc.cast(col, pa.float64())
+                bad = _mask(pc.or_kleene(pc.less(as_float, 0), pc.not_equal(as_float, pc.floor(as_float))))
+                if bad.any():
+                    rows = _rows(bad)
+                    add(Problem(f"{art_name} rows {_list_rows(rows)} column 'index'",
+                                f"{col[int(rows[0])].as_py()!r} is not a non-negative integer",
+                                "index is the row along axis 0 of a batched dataset; leave it null otherwise"))
         else:
             add(Problem(f"{art_name} column 'index'", f"has type {col.type}, not integer",
                         "store index as an integer column (null where the artifact is a whole dataset)"))
 
-    problems.extend(_structure_problems(art, a_type, art_name))
+    problems.extend(_structure_problems(art, art_name))
     return problems
 
 
-def _structure_problems(art: pa.Table, a_type: pd.Series, art_name: str) -> list[Problem]:
+def shape_text(shapes: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """'151,40' per row: lets shapes be grouped and compared as strings."""
+    return pc.binary_join(pc.cast(shapes, pa.list_(pa.string())), ",")
+
+
+def _structure_problems(art: pa.Table, art_name: str) -> list[Problem]:
     """One shape and one dtype per artifact type (arrays are rectangular)."""
     problems: list[Problem] = []
+    a_type = art.column("type")
+    columns = {}
     if "dtype" in art.column_names:
-        dtypes = art.column("dtype").to_pandas()
-        for value in dtypes.dropna().unique():
+        dtypes = art.column("dtype")
+        for value in pc.unique(dtypes).to_pylist():
             try:
-                np.dtype(value)
+                if value is not None:
+                    np.dtype(value)
             except TypeError:
-                rows = _rows(dtypes == value)
+                rows = _rows(pc.equal(dtypes, value))
                 problems.append(Problem(f"{art_name} rows {_list_rows(rows)} column 'dtype'",
                                         f"{value!r} is not a numpy dtype", "use names like float64 or int32"))
-        for t, group in dtypes.groupby(a_type, sort=False):
-            distinct = group.dropna().unique()
-            if len(distinct) > 1:
-                rows = np.asarray(group.index[group != distinct[0]])
-                problems.append(Problem(f"{art_name} rows {_list_rows(rows)} column 'dtype'",
-                                        f"type {t!r} has several dtypes {sorted(map(str, distinct))}",
-                                        "one dtype per artifact type: convert the outliers or split the type"))
+        columns["dtype"] = dtypes
     if "shape" in art.column_names:
         shapes = art.column("shape")
         if not (pa.types.is_list(shapes.type) or pa.types.is_large_list(shapes.type)):
             problems.append(Problem(f"{art_name} column 'shape'", f"has type {shapes.type}",
                                     "store shape as a list of integers, e.g. [151, 40]"))
-            return problems
-        as_text = pd.Series(
-            [None if s is None else json.dumps(s) for s in shapes.to_pylist()], index=a_type.index, dtype=object
-        )
-        for t, group in as_text.groupby(a_type, sort=False):
-            distinct = group.dropna().unique()
-            if len(distinct) > 1:
-                counts = group.value_counts()
-                common = counts.index[0]
-                rows = np.asarray(group.index[group != common])
-                problems.append(Problem(
-                    f"{art_name} rows {_list_rows(rows)} column 'shape'",
-                    f"type {t!r} is ragged: shapes {', '.join(counts.index[:4])} (most common {common})",
-                    "arrays must be rectangular: zero-pad to a common shape, or split the type"))
+        else:
+            columns["shape"] = shape_text(shapes)
+    for name, values in columns.items():
+        table = pa.table({"type": a_type, "v": values})
+        counts = table.group_by(["type", "v"]).aggregate([("v", "count")]).to_pylist()
+        by_type: dict[Any, list[tuple[int, Any]]] = {}
+        for row in counts:
+            if row["v"] is not None:
+                by_type.setdefault(row["type"], []).append((row["v_count"], row["v"]))
+        for t, variants in by_type.items():
+            if len(variants) < 2:
+                continue
+            variants.sort(reverse=True)
+            common = variants[0][1]
+            rows = _rows(pc.and_kleene(pc.equal(a_type, t), pc.not_equal(values, common)))
+            shown = ", ".join(f"[{v}]" if name == "shape" else str(v) for _, v in variants[:4])
+            what = (f"type {t!r} is ragged: shapes {shown} (most common [{common}])" if name == "shape"
+                    else f"type {t!r} has several dtypes {shown} (most common {common})")
+            problems.append(Problem(f"{art_name} rows {_list_rows(rows)} column {name!r}", what,
+                                    "arrays must be rectangular with one dtype per type: "
+                                    "zero-pad or convert the outliers, or split the type"))
     return problems
 
 
@@ -420,8 +449,11 @@ def write_manifests(out_dir: str | os.PathLike, manifests: Manifests) -> tuple[P
     ham_path, art_path = manifest_paths(out, d.key)
     ham = _with_description(manifests.ham, d)
     art = _with_description(manifests.art, d)
-    _atomic_write_parquet(ham, ham_path)
-    _atomic_write_parquet(art, art_path)
+    # Parquet encoding releases the GIL: write both files at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(_atomic_write_parquet, ham, ham_path),
+                       pool.submit(_atomic_write_parquet, art, art_path)]:
+            future.result()
     return ham_path, art_path
 
 
