@@ -175,6 +175,209 @@ def manifest_cmd(
         out.print(f"done in {time.perf_counter() - t0:.2f} s")
 
 
+CATALOG_HELP = "Catalog: a SQLite file (default ./sweepcat.db) or postgresql://user@host:port/db."
+
+
+@app.command("ingest")
+def ingest_cmd(
+    manifests: list[Path] = typer.Argument(None, help="A manifest directory, or HAM.parquet ART.parquet."),
+    catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
+    ham_manifest: Optional[Path] = typer.Option(None, "--ham-manifest", help="Hamiltonians Parquet (guide's form)."),
+    art_manifest: Optional[Path] = typer.Option(None, "--art-manifest", help="Artifacts Parquet (guide's form)."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Data root, for manifests without a sweepcat description (overrides it otherwise)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Dataset label/key in the catalog (default: from the manifests)."),
+    update: bool = typer.Option(False, "--update", help="Refresh the metadata of Hamiltonians already in the catalog."),
+    prune: bool = typer.Option(False, "--prune", help="Remove Hamiltonians that are no longer in the manifest (catalog only)."),
+    verify_all: bool = typer.Option(False, "--verify-all", help="Open every HDF5 file to check it (default: up to 2,000 files, sampled)."),
+) -> None:
+    """Write manifests straight into Tiled's catalog database: fast, atomic, idempotent.
+
+    One transaction per dataset: killed at any point, the catalog stays as it
+    was. Re-running adds only what is new. Nothing is written when a file,
+    dataset, index, shape or dtype disagrees with the manifest.
+
+    Examples:
+
+      sweepcat ingest demo/manifests --catalog sweepcat.db
+
+      sweepcat ingest --ham-manifest h.parquet --art-manifest a.parquet --base-dir /data/x --catalog postgresql://me@db:5432/cat
+    """
+    from .catalog.ingest import ingest
+    from .contract import find_manifest_pairs, read_manifests
+
+    with friendly_errors():
+        paths = list(manifests or [])
+        if ham_manifest or art_manifest:
+            if not (ham_manifest and art_manifest) or paths:
+                raise SweepcatError("--ham-manifest and --art-manifest go together, without positional manifests",
+                                    "pass both options, or a manifest directory")
+            paths = [ham_manifest, art_manifest]
+        if len(paths) not in (1, 2):
+            raise SweepcatError("expected a manifest directory or two Parquet files",
+                                "e.g. sweepcat ingest demo/manifests --catalog sweepcat.db")
+        if len(paths) == 1 and paths[0].is_dir():
+            pairs = find_manifest_pairs(paths[0])
+            if label and len(pairs) > 1:
+                raise SweepcatError("--label names one dataset, the directory holds several",
+                                    "pass the two Parquet files of the dataset to relabel")
+        else:
+            pairs = [(paths[0], paths[1] if len(paths) == 2 else None)]
+        for ham_path, art_path in pairs:
+            m = read_manifests(ham_path, art_path, base_dir=base_dir, label=label)
+            with err.status(f"ingesting {m.description.key}") as status:
+                result = ingest(m, catalog, update=update, prune=prune,
+                                verify_sample=None if verify_all else 2000,
+                                progress=lambda msg: status.update(msg))
+            if result.created_catalog:
+                out.print(f"created catalog {result.catalog}")
+            out.print(str(result))
+
+
+@app.command("delete")
+def delete_cmd(
+    dataset: str = typer.Argument(..., help="Dataset key."),
+    key: Optional[str] = typer.Argument(None, help="Hamiltonian key (omit to delete the whole dataset)."),
+    type_: Optional[str] = typer.Argument(None, metavar="TYPE", help="Artifact type (omit to delete the Hamiltonian)."),
+    catalog: Optional[str] = typer.Option(None, "--catalog", "-c", help=CATALOG_HELP),
+    url: Optional[str] = typer.Option(None, "--url", help="A running Tiled server instead of --catalog."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SWEEPCAT_API_KEY", help="API key for --url."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be deleted, delete nothing."),
+) -> None:
+    """Remove a dataset, a Hamiltonian or one artifact from the catalog; HDF5 files are never touched.
+
+    Examples:
+
+      sweepcat delete NiPS3_batched --catalog sweepcat.db --dry-run
+
+      sweepcat delete NiPS3_batched H_NiPS3_random_rank0000_0003 --catalog sweepcat.db --yes
+    """
+    with friendly_errors():
+        if (catalog is None) == (url is None):
+            raise SweepcatError("give exactly one of --catalog and --url", "e.g. --catalog sweepcat.db")
+        path = "/".join(s for s in (dataset, key, type_) if s)
+        if catalog is not None:
+            from .catalog.delete import execute_delete, plan_delete
+            from .catalog.schema import parse_catalog
+
+            cat = parse_catalog(catalog)
+            plan = plan_delete(cat, dataset, key, type_)
+            what = f"{plan.path} ({plan.nodes} node(s)) from {cat.display}"
+        else:
+            from tiled.client import from_uri
+
+            client = from_uri(url, api_key=api_key)
+            try:
+                node = client[path]
+            except KeyError:
+                raise SweepcatError(f"{path}: no such node at {url}", "check the names") from None
+            what = f"{path} from {url}"
+        if dry_run:
+            out.print(f"would delete {what}")
+            return
+        if not yes and not typer.confirm(f"delete {what}?"):
+            out.print("nothing deleted")
+            raise typer.Exit(code=1)
+        if catalog is not None:
+            execute_delete(cat, plan)
+        else:
+            node.delete(recursive=True)
+        out.print(f"deleted {what}")
+
+
+def _server_config(catalog: str, public: bool, host: str, port: int) -> tuple[dict, str, bool]:
+    import os
+
+    from .catalog.query import dataset_roots
+    from .catalog.schema import ensure_catalog, parse_catalog
+    from .server.config import API_KEY_ENV, new_api_key, server_config
+
+    cat = parse_catalog(catalog)
+    ensure_catalog(cat)
+    roots = dataset_roots(cat)
+    key = os.environ.get(API_KEY_ENV) or new_api_key()
+    generated = API_KEY_ENV not in os.environ or not os.environ[API_KEY_ENV]
+    if not key.isalnum():
+        raise SweepcatError(f"{API_KEY_ENV} must be alphanumeric (Tiled's rule)", "e.g. export SWEEPCAT_API_KEY=$(openssl rand -hex 16)")
+    return server_config(cat.tiled_uri, roots, api_key=key, public=public, host=host, port=port), key, generated
+
+
+@app.command("config")
+def config_cmd(
+    catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    public: bool = typer.Option(False, "--public", help="Allow anonymous read access."),
+) -> None:
+    """Print the Tiled server config that `sweepcat serve` runs, for `tiled serve config FILE`.
+
+    The API key comes from SWEEPCAT_API_KEY, else a new one is written into the config.
+
+    Example:  sweepcat config --catalog sweepcat.db > tiled.yml && tiled serve config tiled.yml
+    """
+    from .server.config import config_yaml
+
+    with friendly_errors():
+        config, _, _ = _server_config(catalog, public, host, port)
+        sys.stdout.write(config_yaml(config))
+
+
+@app.command("serve")
+def serve_cmd(
+    catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    public: bool = typer.Option(False, "--public", help="Allow anonymous read access (writes still need the key)."),
+) -> None:
+    """Run the real Tiled server on the catalog, with sweepcat's adapter and one API key.
+
+    The key is SWEEPCAT_API_KEY if set, else generated and printed once.
+
+    Example:  SWEEPCAT_API_KEY=secret sweepcat serve --catalog sweepcat.db --port 8000
+    """
+    with friendly_errors():
+        config, key, generated = _server_config(catalog, public, host, port)
+        from tiled.server.app import build_app_from_config
+        import uvicorn
+
+        app_ = build_app_from_config(config)
+        url = f"http://{host}:{port}"
+        roots = config["trees"][0]["args"]["readable_storage"]
+        out.print(f"sweepcat serving {catalog} at {url}  (Tiled {_tiled_version()})")
+        out.print(f"  API key:  {key}" + ("   (generated; set SWEEPCAT_API_KEY to choose one)" if generated else ""))
+        out.print(f"  web UI:   {url}/ui/?api_key={key}")
+        out.print(f"  readable: {', '.join(roots) or '(no datasets yet)'}")
+        out.print("  anonymous read access: " + ("on (--public)" if public else "off"))
+        out.print(_snippet(url, key, catalog), markup=False, highlight=False)
+        sys.stdout.flush()
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _tiled_version() -> str:
+    import tiled
+
+    return tiled.__version__
+
+
+def _snippet(url: str, key: str, catalog: str) -> str:
+    try:
+        from .catalog.query import list_datasets
+        from .catalog.schema import parse_catalog
+
+        datasets = list_datasets(parse_catalog(catalog))
+    except SweepcatError:
+        datasets = []
+    ds = datasets[0].key if datasets else "DATASET"
+    return (
+        "\nRead one Hamiltonian's RIXS map and XPS spectrum:\n\n"
+        "    from tiled.client import from_uri\n"
+        f"    c = from_uri(\"{url}\", api_key=\"{key}\")\n"
+        f"    h = c[\"{ds}\"].values().first()\n"
+        "    rixs = h[\"rixs\"].read()   # (151, 40), only this row is read on the server\n"
+        "    xps = h[\"xps\"][100:200]     # server-side slicing\n"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

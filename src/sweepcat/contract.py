@@ -457,19 +457,29 @@ def write_manifests(out_dir: str | os.PathLike, manifests: Manifests) -> tuple[P
     return ham_path, art_path
 
 
-def find_manifest_pair(directory: Path) -> tuple[Path, Path]:
+def find_manifest_pairs(directory: Path) -> list[tuple[Path, Path]]:
+    """Every NAME_hamiltonians.parquet / NAME_artifacts.parquet pair in a directory."""
     hams = sorted(directory.glob(f"*{HAM_SUFFIX}"))
-    if len(hams) != 1:
-        found = ", ".join(p.name for p in hams) or "none"
+    if not hams:
+        raise SweepcatError(f"{directory}: no *{HAM_SUFFIX} file",
+                            "write manifests with `sweepcat manifest SPEC.yml -o DIR`, or pass the Parquet files")
+    pairs = []
+    for ham in hams:
+        art = ham.with_name(ham.name[: -len(HAM_SUFFIX)] + ART_SUFFIX)
+        if not art.exists():
+            raise SweepcatError(f"{art} is missing (the artifacts manifest beside {ham.name})",
+                                "regenerate the manifests with `sweepcat manifest`")
+        pairs.append((ham, art))
+    return pairs
+
+
+def find_manifest_pair(directory: Path) -> tuple[Path, Path]:
+    pairs = find_manifest_pairs(directory)
+    if len(pairs) != 1:
         raise SweepcatError(
-            f"{directory}: expected exactly one *{HAM_SUFFIX} file, found {found}",
-            "pass the two Parquet files explicitly: HAM.parquet ART.parquet",
-        )
-    art = hams[0].with_name(hams[0].name[: -len(HAM_SUFFIX)] + ART_SUFFIX)
-    if not art.exists():
-        raise SweepcatError(f"{art} is missing (the artifacts manifest beside {hams[0].name})",
-                            "regenerate the manifests with `sweepcat manifest`")
-    return hams[0], art
+            f"{directory}: expected one manifest pair, found {len(pairs)} ({', '.join(h.name for h, _ in pairs)})",
+            "pass the two Parquet files explicitly: HAM.parquet ART.parquet")
+    return pairs[0]
 
 
 def read_manifests(

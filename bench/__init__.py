@@ -1,0 +1,1 @@
+"""sweepcat's benchmark harness: `python -m bench.run --help`."""

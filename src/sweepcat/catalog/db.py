@@ -1,0 +1,159 @@
+"""One small synchronous interface over SQLite (sqlite3) and PostgreSQL (asyncpg, COPY).
+
+SQL is written once with ``?`` placeholders; PostgreSQL gets ``$n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from typing import Any, Iterable, Sequence
+
+from ..errors import SweepcatError
+from .schema import CatalogURI
+
+
+def _pg_sql(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+class Database:
+    dialect: str
+
+    def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        raise NotImplementedError
+
+    def execute(self, sql: str, *args: Any) -> None:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Bulk-insert rows (COPY on PostgreSQL)."""
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def fetch_in(self, sql: str, values: Iterable[Any], chunk: int = 500) -> list[tuple]:
+        """``sql`` contains ``IN ({})``; run it over ``values`` in chunks."""
+        values = list(values)
+        out: list[tuple] = []
+        for start in range(0, len(values), chunk):
+            part = values[start:start + chunk]
+            out.extend(self.fetch(sql.format(",".join("?" * len(part))), *part))
+        return out
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SQLiteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: str):
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the write lock up front).
+        self.con = sqlite3.connect(path, isolation_level=None, timeout=60)
+        self.con.execute("PRAGMA foreign_keys=ON")  # Tiled's server sets it on every connection too
+        self.con.execute("PRAGMA busy_timeout=60000")
+
+    def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        return self.con.execute(sql, args).fetchall()
+
+    def execute(self, sql: str, *args: Any) -> None:
+        self.con.execute(sql, args)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.con.executemany(sql, rows)
+
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        self.con.executemany(sql, rows)
+
+    def begin(self) -> None:
+        self.con.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.con.in_transaction:
+            self.con.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.rollback()
+        self.con.close()
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, display: str):
+        import asyncpg
+
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.con = self.loop.run_until_complete(asyncpg.connect(dsn))
+        except (OSError, asyncpg.PostgresError) as exc:
+            self.loop.close()
+            raise SweepcatError(f"cannot connect to PostgreSQL at {display} ({exc})",
+                                "check host, port, user and database") from None
+        self.tx = None
+
+    def _run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def fetch(self, sql: str, *args: Any) -> list[tuple]:
+        return [tuple(r) for r in self._run(self.con.fetch(_pg_sql(sql), *args))]
+
+    def execute(self, sql: str, *args: Any) -> None:
+        self._run(self.con.execute(_pg_sql(sql), *args))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._run(self.con.executemany(_pg_sql(sql), rows))
+
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._run(self.con.copy_records_to_table(table, records=rows, columns=list(columns)))
+
+    def begin(self) -> None:
+        self.tx = self.con.transaction()
+        self._run(self.tx.start())
+
+    def commit(self) -> None:
+        self._run(self.tx.commit())
+        self.tx = None
+
+    def rollback(self) -> None:
+        if self.tx is not None:
+            self._run(self.tx.rollback())
+            self.tx = None
+
+    def close(self) -> None:
+        try:
+            self.rollback()
+            self._run(self.con.close())
+        finally:
+            self.loop.close()
+
+
+def connect(cat: CatalogURI) -> Database:
+    if cat.dialect == "sqlite":
+        return SQLiteDatabase(str(cat.sqlite_path))
+    return PostgresDatabase(cat.asyncpg_dsn, cat.display)

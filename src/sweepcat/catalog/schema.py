@@ -1,0 +1,178 @@
+"""What sweepcat knows about Tiled's catalog schema, and how it creates and checks catalogs.
+
+sweepcat writes Tiled's own tables directly; it knows exactly one schema
+revision. A catalog at any other revision is refused before anything is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+from urllib.parse import quote
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SweepcatError
+
+TILED_VERSION = "0.2.20"
+REQUIRED_REVISION = "917dbbcfc4b1"  # alembic head of Tiled 0.2.20's catalog
+MIMETYPE = "application/x-sliced-hdf5"  # the manifest-locator adapter (server/adapter.py)
+DEFAULT_CATALOG = "sweepcat.db"
+
+
+@dataclass(frozen=True)
+class CatalogURI:
+    """A catalog address: ``sqlite:////abs/path.db`` or ``postgresql://user@host:port/db``."""
+
+    uri: str
+
+    @property
+    def dialect(self) -> str:
+        return "postgresql" if self.uri.startswith("postgresql") else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.uri[len("sqlite:///"):])
+
+    @property
+    def display(self) -> str:
+        """The URI without a password."""
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.uri)
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        return re.sub(r"^postgresql(\+\w+)?://", "postgresql://", self.uri)
+
+    @property
+    def tiled_uri(self) -> str:
+        """The form Tiled's config expects (it adds its own async driver)."""
+        return self.asyncpg_dsn if self.dialect == "postgresql" else self.uri
+
+
+def parse_catalog(uri_or_path: str | os.PathLike | None) -> CatalogURI:
+    text = os.fspath(uri_or_path) if uri_or_path is not None else DEFAULT_CATALOG
+    if re.match(r"^postgres(ql)?(\+\w+)?://", text):
+        return CatalogURI(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", text))
+    if text.startswith("sqlite"):
+        m = re.match(r"^sqlite(\+\w+)?:///(.*)$", text)
+        if not m or not m.group(2):
+            raise SweepcatError(f"catalog URI {text!r} is not understood",
+                                "use sqlite:////absolute/path.db, a plain file path, or postgresql://user@host:port/db")
+        path = Path(m.group(2) if m.group(2).startswith("/") else m.group(2)).resolve()
+        return CatalogURI(f"sqlite:///{path}")
+    if "://" in text:
+        raise SweepcatError(f"catalog URI {text!r}: unsupported scheme",
+                            "use a SQLite file path or postgresql://user@host:port/db")
+    return CatalogURI(f"sqlite:///{Path(text).resolve()}")
+
+
+def _wrong_revision(cat: CatalogURI, found: str | None) -> SweepcatError:
+    if found is None:
+        return SweepcatError(
+            f"catalog {cat.display} has no Tiled schema version (no alembic_version row): it is not a Tiled catalog",
+            "point --catalog at a Tiled catalog, or at a new file for sweepcat to create")
+    return SweepcatError(
+        f"catalog {cat.display} is at Tiled schema revision {found}; sweepcat writes Tiled {TILED_VERSION}'s "
+        f"schema (revision {REQUIRED_REVISION}) and refuses to touch another",
+        f"upgrade it with `tiled catalog upgrade-database {cat.display}` (tiled=={TILED_VERSION}), "
+        "or ingest into a new catalog")
+
+
+def sqlite_revision(path: Path) -> str | None:
+    """The alembic revision of a SQLite catalog; None if the table is missing."""
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'").fetchone()
+        if row is None:
+            return None
+        rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        return rows[0][0] if len(rows) == 1 else ",".join(r[0] for r in rows) or None
+    except sqlite3.DatabaseError as exc:
+        raise SweepcatError(f"{path} is not a SQLite database ({exc})",
+                            "point --catalog at a Tiled catalog file, or at a new file name") from None
+    finally:
+        con.close()
+
+
+async def _pg_revision(dsn: str) -> tuple[bool, str | None]:
+    import asyncpg
+
+    con = await asyncpg.connect(dsn)
+    try:
+        exists = await con.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+        if not exists:
+            has_nodes = await con.fetchval("SELECT to_regclass('public.nodes') IS NOT NULL")
+            return bool(has_nodes), None
+        rows = await con.fetch("SELECT version_num FROM alembic_version")
+        return True, ",".join(r[0] for r in rows) or None
+    finally:
+        await con.close()
+
+
+def pg_revision(cat: CatalogURI) -> tuple[bool, str | None]:
+    """(schema present, revision) of a PostgreSQL catalog."""
+    try:
+        return asyncio.run(_pg_revision(cat.asyncpg_dsn))
+    except OSError as exc:
+        raise SweepcatError(f"cannot connect to PostgreSQL at {cat.display} ({exc})",
+                            "check host, port and that the server runs") from None
+    except Exception as exc:  # asyncpg's errors share no public base we can name here
+        raise SweepcatError(f"PostgreSQL at {cat.display} refused the connection ({exc})",
+                            "check the user, password and database name") from None
+
+
+def _initialize(cat: CatalogURI) -> None:
+    """Create Tiled's schema with Tiled's own initializer, then stamp the alembic revision."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from tiled.alembic_utils import stamp_head
+    from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+    from tiled.catalog.core import initialize_database
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(cat.tiled_uri)
+
+    async def create() -> None:
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+    stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)  # alembic runs its own event loop
+
+
+def ensure_catalog(cat: CatalogURI, *, create: bool = True) -> bool:
+    """Check the schema revision; create the catalog if it does not exist. True if created."""
+    from tiled.catalog.core import REQUIRED_REVISION as tiled_required
+
+    if tiled_required != REQUIRED_REVISION:  # the installed Tiled is not the pinned one
+        raise SweepcatError(
+            f"installed Tiled expects catalog revision {tiled_required}, sweepcat knows {REQUIRED_REVISION}",
+            f"install tiled[server]=={TILED_VERSION} (pinned in pyproject.toml)")
+    if cat.dialect == "sqlite":
+        path = cat.sqlite_path
+        if path.exists() and path.stat().st_size > 0:
+            found = sqlite_revision(path)
+            if found != REQUIRED_REVISION:
+                raise _wrong_revision(cat, found)
+            return False
+        if not create:
+            raise SweepcatError(f"catalog {path} does not exist", "run `sweepcat ingest` first, or check the path")
+        if not path.parent.is_dir():
+            raise SweepcatError(f"cannot create catalog {path}: directory {path.parent} does not exist",
+                                "create the directory or choose another path")
+        _initialize(cat)
+        return True
+    present, found = pg_revision(cat)
+    if present:
+        if found != REQUIRED_REVISION:
+            raise _wrong_revision(cat, found)
+        return False
+    if not create:
+        raise SweepcatError(f"PostgreSQL database {cat.display} holds no Tiled catalog",
+                            "run `sweepcat ingest` first")
+    _initialize(cat)
+    return True

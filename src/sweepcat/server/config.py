@@ -1,0 +1,45 @@
+"""The Tiled server configuration sweepcat runs (and prints for `tiled serve config`)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import yaml
+
+from .adapter import MIMETYPE
+
+ADAPTER = "sweepcat.server.adapter:SlicedHDF5Adapter"
+API_KEY_ENV = "SWEEPCAT_API_KEY"
+
+
+def new_api_key() -> str:
+    return secrets.token_hex(16)  # Tiled requires an alphanumeric key
+
+
+def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str, public: bool = False,
+                  host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
+    """A complete Tiled config: our adapter mapping, the dataset roots as readable storage, one API key."""
+    if not api_key.isalnum():
+        raise ValueError("the API key must be alphanumeric (Tiled's rule)")
+    return {
+        "authentication": {"single_user_api_key": api_key, "allow_anonymous_access": bool(public)},
+        "trees": [{
+            "path": "/",
+            "tree": "catalog",
+            "args": {
+                "uri": catalog_uri,
+                "readable_storage": sorted(set(readable_storage)),
+                "init_if_not_exists": False,
+                "adapters_by_mimetype": {MIMETYPE: ADAPTER},
+            },
+        }],
+        "uvicorn": {"host": host, "port": port},
+    }
+
+
+def config_yaml(config: dict[str, Any]) -> str:
+    head = ("# Tiled server config written by `sweepcat config`; run it with\n"
+            "#   tiled serve config THIS_FILE\n"
+            "# readable_storage = the dataset roots recorded in the catalog.\n")
+    return head + yaml.safe_dump(config, sort_keys=False)
