@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import SweepcatError
@@ -50,7 +51,7 @@ def friendly_errors() -> Iterator[None]:
     try:
         yield
     except SweepcatError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing half-written was left behind")

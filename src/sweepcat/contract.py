@@ -195,7 +195,7 @@ def _list_rows(rows: np.ndarray, limit: int = 5) -> str:
 def _duplicated(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Mask of rows whose value occurs more than once (nulls ignored); cheap when all are unique."""
     n = len(values)
-    if len(pc.unique(values)) + values.null_count >= n:
+    if len(pc.unique(pc.drop_null(values))) + values.null_count >= n:
         return np.zeros(n, dtype=bool)
     counts = pc.value_counts(values)
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
@@ -204,6 +204,22 @@ def _duplicated(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _mask(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _files_of(art: pa.Table, huid: Any) -> str:
+    """', from files a.h5, b.h5': where a duplicated huid's artifacts come from."""
+    if "file" not in art.column_names or "huid" not in art.column_names:
+        return ""
+    files = pc.unique(pc.filter(art.column("file"), pc.equal(art.column("huid"), huid))).to_pylist()
+    return f", from files {', '.join(map(str, files[:5]))}" if files else ""
+
+
+def normalize_strings(table: pa.Table) -> pa.Table:
+    """large_string (pandas 3's default) -> string, so every kernel downstream sees one type."""
+    fields = [pa.field(f.name, pa.string(), f.nullable, f.metadata) if pa.types.is_large_string(f.type) else f
+              for f in table.schema]
+    schema = pa.schema(fields, metadata=table.schema.metadata)
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -263,8 +279,10 @@ def validate(
         dup = _duplicated(values) & ~empty
         if dup.any():
             rows = _rows(dup)
+            first = values[int(rows[0])].as_py()
             add(Problem(f"{ham_name} rows {_list_rows(rows)} column {col!r}",
-                        f"duplicate {col} (e.g. {values[int(rows[0])].as_py()!r}); {col} must be unique",
+                        f"duplicate {col} (e.g. {first!r}{_files_of(art, first) if col == 'huid' else ''}); "
+                        f"{col} must be unique",
                         f"derive {col} from something unique, such as file name and row index"))
         if col == "key":
             bad = _bad_keys(values) & ~empty
@@ -298,7 +316,7 @@ def validate(
         add(Problem(f"{art_name} rows {_list_rows(rows)} column 'type'",
                     f"{a_type[int(rows[0])].as_py()!r} is not a valid artifact type (it becomes a catalog key)",
                     "use letters, digits and _ . - only, e.g. 'rixs'"))
-    pair = pc.binary_join_element_wise(a_huid, a_type, "\x00")
+    pair = pc.binary_join_element_wise(pc.cast(a_huid, pa.string()), pc.cast(a_type, pa.string()), "\x00")
     dup = _duplicated(pair) & ~bad_type
     if dup.any():
         rows = _rows(dup)
@@ -359,7 +377,7 @@ def _structure_problems(art: pa.Table, art_name: str) -> list[Problem]:
             try:
                 if value is not None:
                     np.dtype(value)
-            except TypeError:
+            except (TypeError, ValueError, SyntaxError):
                 rows = _rows(pc.equal(dtypes, value))
                 problems.append(Problem(f"{art_name} rows {_list_rows(rows)} column 'dtype'",
                                         f"{value!r} is not a numpy dtype", "use names like float64 or int32"))
@@ -511,7 +529,7 @@ def read_manifests(
         except (pa.ArrowInvalid, OSError) as exc:
             raise SweepcatError(f"{p}: not a readable Parquet file ({exc})",
                                 "regenerate it with `sweepcat manifest`") from None
-    ham, art = tables
+    ham, art = (normalize_strings(t) for t in tables)
     raw = (ham.schema.metadata or {}).get(DESCRIPTION_KEY) or (art.schema.metadata or {}).get(DESCRIPTION_KEY)
     if raw is not None:
         description = DatasetDescription.from_json(raw)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
-from .contract import DatasetDescription, Manifests, to_key
+from .contract import DatasetDescription, Manifests, normalize_strings, to_key
 from .errors import ContractError, Problem, SweepcatError
 from .h5scan import describe_open_error, dtype_name
 from .spec import DatasetSpec, SourceSpec
@@ -381,7 +381,9 @@ def _frame_to_table(df: Any, name: str, nan_policy: str, problems: list[Problem]
                                             "fix the generator, or pass --nan-policy null|skip"))
                 elif nan_policy == "skip":
                     drop |= bad
-    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)  # NaN -> null
+                else:  # null: NaN becomes null on conversion; inf must be nulled here
+                    df = df.assign(**{col: df[col].where(~bad)})
+    table = normalize_strings(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False))  # NaN -> null
     return table, drop
 
 

@@ -173,7 +173,8 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
     result.existing_hamiltonians = int(present.sum())
 
     if prune:
-        stale = [i for k, i in existing.items() if k not in set(ham_keys.to_pylist())]
+        keep = set(ham_keys.to_pylist())
+        stale = [i for k, i in existing.items() if k not in keep]
         if stale:
             say(f"pruning {len(stale)} Hamiltonians no longer in the manifest")
             for start in range(0, len(stale), 500):
@@ -193,13 +194,14 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
     next_node = _next_id(db, "nodes")
     level2_start = next_node
     new_containers: list[tuple[int, int, str, str]] = []  # (id, parent, key, metadata)
-    if axes and axes_container is None:
-        axes_container = next_node
-        new_containers.append((axes_container, ds_id, AXES_KEY, "{}"))
-        next_node += 1
     new_ham = np.flatnonzero(~present)
     ham_ids[new_ham] = np.arange(next_node, next_node + len(new_ham))
     next_node += len(new_ham)
+    if axes and axes_container is None:
+        # After the Hamiltonians: listings go by id, so `values().first()` is a Hamiltonian.
+        axes_container = next_node
+        new_containers.append((axes_container, ds_id, AXES_KEY, "{}"))
+        next_node += 1
     level3_start = next_node
 
     art_parent_ids = ham_ids[plan.art_parent]
