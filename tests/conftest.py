@@ -24,3 +24,42 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory, runner: CliRunner) -> Pa
     for name in ("NiPS3_batched", "NiPS3_per_artifact", "NiPS3_per_entity"):
         assert (out / name).is_dir(), f"demo-data did not write {name}"
     return out
+
+
+# --------------------------------------------------------------------------- servers and catalogs
+
+import itertools  # noqa: E402
+
+from tests.support.servers import PostgresCluster  # noqa: E402
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresCluster:
+    """A real PostgreSQL cluster (initdb + pg_ctl) for the whole session."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, not yet created catalog on each backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "catalog.db")
+    cluster = request.getfixturevalue("postgres")
+    return cluster.create_database(f"cat{next(_db_counter)}")
+
+
+@pytest.fixture(scope="session")
+def demo_manifests(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, runner: CliRunner) -> Path:
+    """Manifests of the three demo datasets in one directory."""
+    out = tmp_path_factory.mktemp("manifests")
+    for name in ("NiPS3_batched", "NiPS3_per_artifact", "NiPS3_per_entity"):
+        spec = out / f"{name}.yml"
+        r = runner.invoke(app, ["inspect", str(demo_root / name), "-o", str(spec)])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["manifest", str(spec), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+    return out

@@ -338,10 +338,11 @@ def serve_cmd(
     """
     with friendly_errors():
         config, key, generated = _server_config(catalog, public, host, port)
-        from tiled.server.app import build_app_from_config
         import uvicorn
 
-        app_ = build_app_from_config(config)
+        from .server.app import build_app
+
+        app_ = build_app(config)
         url = f"http://{host}:{port}"
         roots = config["trees"][0]["args"]["readable_storage"]
         out.print(f"sweepcat serving {catalog} at {url}  (Tiled {_tiled_version()})")

@@ -1,0 +1,26 @@
+"""Building the Tiled app sweepcat serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _SettledOverrides(dict):
+    """Tiled's only dependency override, after its first call, returns the very object the
+    original dependency returns; FastAPI, seeing any override, re-inspects every dependency
+    signature on every request (~9 ms here). Reporting "no overrides" skips that work and
+    changes no result. The dict still answers Tiled's own startup/shutdown lookups."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def build_app(config: dict[str, Any]) -> Any:
+    from tiled.server.app import build_app_from_config
+    from tiled.server.settings import get_settings
+
+    app = build_app_from_config(config)
+    overrides = app.dependency_overrides
+    if set(overrides) == {get_settings} and overrides[get_settings]() is get_settings():
+        app.dependency_overrides = _SettledOverrides(overrides)
+    return app

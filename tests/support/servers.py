@@ -1,0 +1,131 @@
+"""Real servers for tests: a Tiled server run by `sweepcat serve`, and a throwaway PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+API_KEY = "sweepcatTestKey42"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for child servers: TILED_* variables would override the config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILED_")}
+    env.update(extra)
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server at {url} not ready after {timeout} s")
+
+
+@contextlib.contextmanager
+def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = False,
+                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`sweepcat serve` on 127.0.0.1 and a free port; stopped on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", catalog, "--port", str(port)]
+    if public:
+        cmd.append("--public")
+    env = clean_env(SWEEPCAT_API_KEY=api_key, **(extra_env or {}))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_bin(name: str) -> str:
+    """initdb/pg_ctl/postgres: on PATH, or in Debian's versioned directory."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if candidates:
+        return candidates[-1]
+    raise RuntimeError(f"{name} not found: install PostgreSQL (make test runs scripts/ensure_postgres.sh)")
+
+
+class PostgresCluster:
+    """A PostgreSQL server in a temporary directory on 127.0.0.1, for one test session."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sweepcat-pg-"))
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+        self.user = "postgres" if self.as_root else os.environ.get("USER", "postgres")
+
+    def _run(self, *cmd: str) -> subprocess.CompletedProcess:
+        full = ["runuser", "-u", "postgres", "--", *cmd] if self.as_root else list(cmd)
+        return subprocess.run(full, check=True, capture_output=True, text=True)
+
+    def start(self) -> "PostgresCluster":
+        data = self.dir / "data"
+        if self.as_root:
+            shutil.chown(self.dir, "postgres")
+        self._run(pg_bin("initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "--no-sync")
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off -c full_page_writes=off"
+        self._run(pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._run(pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            con = await asyncpg.connect(self.dsn())
+            try:
+                await con.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await con.close()
+
+        asyncio.run(create())
+        return self.dsn(name)
