@@ -19,6 +19,7 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 test: $(STAMP)
+	bash scripts/ensure_postgres.sh
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

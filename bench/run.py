@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"manifest": "bench.bench_manifest"}
+BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog"}
 
 
 def main(argv: list[str] | None = None) -> None:
