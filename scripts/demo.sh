@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# `make demo`: synthetic data -> inspect -> manifest (-> ingest -> serve, as those land).
+# `make demo`: synthetic data -> inspect -> manifest -> ingest -> serve (Ctrl-C stops the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SC=.venv/bin/sweepcat
+PORT="${SWEEPCAT_DEMO_PORT:-8000}"
 rm -rf demo && mkdir -p demo
 $SC demo-data demo/data
-$SC inspect demo/data/NiPS3_batched -o demo/nips3.yml
-$SC manifest demo/nips3.yml -o demo/manifests
+for ds in NiPS3_batched NiPS3_per_artifact NiPS3_per_entity; do
+  $SC inspect demo/data/$ds -o demo/$ds.yml --no-tree
+  $SC manifest demo/$ds.yml -o demo/manifests
+done
+$SC ingest demo/manifests --catalog demo/sweepcat.db
 echo
-echo "manifests are in demo/manifests:"
-ls -l demo/manifests
+exec $SC serve --catalog demo/sweepcat.db --port "$PORT"

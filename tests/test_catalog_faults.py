@@ -1,0 +1,804 @@
+"""The catalog under stress: equivalence with Tiled's own writes, SIGKILL, live servers, delete, config, auth.
+
+Every test runs against real catalogs (SQLite files and a real PostgreSQL) and
+real Tiled servers started in subprocesses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+import yaml
+from tiled.client import from_uri
+from tiled.structures.core import StructureFamily
+from tiled.structures.data_source import Asset, DataSource, Management
+
+from sweepcat.catalog.db import connect
+from sweepcat.catalog.ingest import ingest
+from sweepcat.catalog.schema import parse_catalog
+from sweepcat.cli import app
+from sweepcat.contract import read_manifests
+from sweepcat.demodata import Scale, write_batched
+from sweepcat.errors import ContractError
+from tests.support.servers import API_KEY, clean_env, free_port, sweepcat_server, wait_ready
+from tests.test_catalog import expected_array, manifests_of
+
+MIMETYPE = "application/x-sliced-hdf5"
+REPO = Path(__file__).resolve().parents[1]
+BIG = "BigSweep"  # 8 files x 2,000 rows: 16,000 Hamiltonians, 32,000 artifacts
+BIG_HAM, BIG_ART = 16_000, 32_000
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sql(path: str | Path, query: str, *args: Any) -> list[tuple]:
+    con = sqlite3.connect(str(path))
+    try:
+        return con.execute(query, args).fetchall()
+    finally:
+        con.close()
+
+
+def sqlite_snapshot(path: str | Path) -> dict[str, Any]:
+    """Row counts of every table (FTS shadow tables included), the triggers, and the top-level keys."""
+    con = sqlite3.connect(str(path))
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {
+            "counts": {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables},
+            "triggers": sorted(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()),
+            "top": sorted(r[0] for r in con.execute("SELECT key FROM nodes WHERE parent = 0")),
+        }
+    finally:
+        con.close()
+
+
+def pg_snapshot(uri: str) -> dict[str, Any]:
+    with connect(parse_catalog(uri)) as db:
+        tables = [r[0] for r in db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        return {
+            "counts": {t: int(db.fetch(f'SELECT count(*) FROM "{t}"')[0][0]) for t in tables},
+            "triggers": sorted(db.fetch("SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal")),
+            "top": sorted(r[0] for r in db.fetch("SELECT key FROM nodes WHERE parent = 0")),
+        }
+
+
+def snapshot(uri: str) -> dict[str, Any]:
+    return pg_snapshot(uri) if uri.startswith("postgresql") else sqlite_snapshot(uri)
+
+
+def orphans(path: str | Path) -> dict[str, int]:
+    """Rows that point at nodes/data sources that are gone, and FTS entries without a node."""
+    checks = {
+        "nodes without parent": "SELECT count(*) FROM nodes WHERE parent IS NOT NULL AND parent NOT IN (SELECT id FROM nodes)",
+        "closure": "SELECT count(*) FROM nodes_closure WHERE ancestor NOT IN (SELECT id FROM nodes) "
+                   "OR descendant NOT IN (SELECT id FROM nodes)",
+        "closure self rows missing": "SELECT count(*) FROM nodes WHERE id NOT IN "
+                                     "(SELECT descendant FROM nodes_closure WHERE depth = 0)",
+        "data_sources": "SELECT count(*) FROM data_sources WHERE node_id NOT IN (SELECT id FROM nodes)",
+        "associations": "SELECT count(*) FROM data_source_asset_association "
+                        "WHERE data_source_id NOT IN (SELECT id FROM data_sources)",
+        "fts without node": "SELECT count(*) FROM metadata_fts5_docsize WHERE id NOT IN (SELECT id FROM nodes)",
+        "node without fts": "SELECT count(*) FROM nodes WHERE id NOT IN (SELECT id FROM metadata_fts5_docsize)",
+    }
+    return {name: sql(path, q)[0][0] for name, q in checks.items()}
+
+
+def fts_integrity(path: str | Path) -> None:
+    """FTS5's own check of its index against the nodes table (raises on mismatch)."""
+    con = sqlite3.connect(str(path))
+    try:
+        con.execute("INSERT INTO metadata_fts5(metadata_fts5) VALUES ('integrity-check')")
+        con.commit()
+    finally:
+        con.close()
+
+
+def fts_match(path: str | Path, phrase: str) -> set[int]:
+    return {r[0] for r in sql(path, "SELECT rowid FROM metadata_fts5 WHERE metadata_fts5 MATCH ?", f'"{phrase}"')}
+
+
+def subtree_size(path: str | Path, node_id: int) -> int:
+    """Nodes in a subtree, counted by walking parent links (independent of the closure table)."""
+    total, frontier = 0, [node_id]
+    while frontier:
+        total += len(frontier)
+        marks = ",".join("?" * len(frontier))
+        frontier = [r[0] for r in sql(path, f"SELECT id FROM nodes WHERE parent IN ({marks})", *frontier)]
+    return total
+
+
+def node_id(path: str | Path, *segments: str) -> int | None:
+    nid = 0
+    for s in segments:
+        row = sql(path, "SELECT id FROM nodes WHERE parent = ? AND key = ?", nid, s)
+        if not row:
+            return None
+        nid = row[0][0]
+    return nid
+
+
+def file_states(*roots: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                out[str(p)] = (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def ds_without_ids(data_sources: list) -> list[dict]:
+    out = []
+    for d in data_sources:
+        as_dict = dataclasses.asdict(d)
+        as_dict.pop("id")
+        out.append(as_dict)
+    return out
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def big_manifests(tmp_path_factory: pytest.TempPathFactory, runner) -> Path:
+    """A larger batched dataset (unfilled chunks: tiny on disk) and its manifests, written through the CLI."""
+    base = tmp_path_factory.mktemp("big")
+    root = base / BIG
+    write_batched(root, Scale(batched_files=8, rows_per_file=2000, filled_files=0,
+                              per_artifact_entities=0, per_entity_entities=0))
+    spec = base / "big.yml"
+    r = runner.invoke(app, ["inspect", str(root), "-o", str(spec)])
+    assert r.exit_code == 0, r.output
+    out = base / "manifests"
+    r = runner.invoke(app, ["manifest", str(spec), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"{BIG_HAM} Hamiltonians" in r.output
+    return out
+
+
+@pytest.fixture
+def small_catalog(tmp_path: Path, demo_manifests: Path) -> Path:
+    """A SQLite catalog holding the per-entity and per-artifact demo datasets."""
+    catalog = tmp_path / "small.db"
+    for name in ("NiPS3_per_entity", "NiPS3_per_artifact"):
+        ingest(manifests_of(demo_manifests, name), str(catalog))
+    return catalog
+
+
+# --------------------------------------------------------------------------- 1. same rows as Tiled's HTTP API
+
+
+def test_ingested_nodes_are_indistinguishable_from_nodes_created_over_http(tmp_path: Path, demo_manifests: Path):
+    catalog = tmp_path / "equiv.db"
+    m = manifests_of(demo_manifests, "NiPS3_per_entity")
+    ingest(m, str(catalog))
+    ham = m.ham.to_pandas()
+    key, huid = ham.key.iloc[3], ham.huid.iloc[3]
+
+    with sweepcat_server(str(catalog)) as url:
+        client = from_uri(url, api_key=API_KEY)
+        ours = client["NiPS3_per_entity"][key]
+        types = sorted(ours)
+        assert types == ["gf", "mh", "rixs", "xps"]
+        theirs = client.create_container("viahttp").create_container(key, metadata=dict(ours.metadata))
+        for t in types:
+            node = ours[t]
+            (src,) = node.data_sources()
+            (asset,) = src.assets
+            theirs.new(StructureFamily.array, [DataSource(
+                management=Management.external, mimetype=MIMETYPE, structure_family=StructureFamily.array,
+                structure=node.structure(), parameters=src.parameters,
+                assets=[Asset(data_uri=asset.data_uri, is_directory=False, parameter="data_uri")])],
+                key=t, metadata={})
+
+        # What the server returns is the same for both.
+        fresh = from_uri(url, api_key=API_KEY)
+        a, b = fresh["NiPS3_per_entity"][key], fresh["viahttp"][key]
+        assert dict(a.metadata) == dict(b.metadata)
+        assert a.metadata["huid"] == huid
+        assert sorted(b) == types
+        for t in types:
+            assert dict(a[t].metadata) == dict(b[t].metadata) == {}
+            assert a[t].structure() == b[t].structure()
+            assert ds_without_ids(a[t].data_sources()) == ds_without_ids(b[t].data_sources())
+            got_a, got_b = a[t].read(), b[t].read()
+            want = expected_array(m, huid, t)
+            assert got_a.dtype == got_b.dtype == want.dtype
+            np.testing.assert_array_equal(got_a, want)
+            np.testing.assert_array_equal(got_b, want)
+
+    # The rows in the catalog are the same, column by column.
+    ing_ham = node_id(catalog, "NiPS3_per_entity", key)
+    http_ham = node_id(catalog, "viahttp", key)
+    assert ing_ham is not None and http_ham is not None
+    pairs = [(ing_ham, http_ham)] + [(node_id(catalog, "NiPS3_per_entity", key, t), node_id(catalog, "viahttp", key, t))
+                                     for t in types]
+
+    def node_row(nid: int) -> tuple:
+        family, md, specs = sql(catalog, "SELECT structure_family, metadata, specs FROM nodes WHERE id = ?", nid)[0]
+        return family, json.loads(md), json.loads(specs)
+
+    def sources(nid: int) -> list[tuple]:
+        rows = sql(catalog, "SELECT id, structure_id, mimetype, parameters, properties, management, structure_family "
+                            "FROM data_sources WHERE node_id = ? ORDER BY id", nid)
+        out = []
+        for ds_id, sid, mt, params, props, mgmt, fam in rows:
+            assoc = sql(catalog, "SELECT asset_id, parameter, num FROM data_source_asset_association "
+                                 "WHERE data_source_id = ?", ds_id)
+            out.append((sid, mt, json.loads(params), json.loads(props), mgmt, fam, assoc))
+        return out
+
+    def closure(nid: int) -> tuple[list[int], int]:
+        rows = sql(catalog, "SELECT ancestor, depth FROM nodes_closure WHERE descendant = ?", nid)
+        return sorted(d for _, d in rows), len(rows)
+
+    for mine, http in pairs:
+        assert node_row(mine) == node_row(http)
+        assert sources(mine) == sources(http)
+        assert closure(mine) == closure(http)
+        # Each closure row points at the real ancestor at that depth.
+        parent_of = dict(sql(catalog, "SELECT id, parent FROM nodes"))
+        for nid in (mine, http):
+            chain, cur = [nid], nid
+            while parent_of.get(cur) is not None:
+                cur = parent_of[cur]
+                chain.append(cur)
+            assert sorted(sql(catalog, "SELECT ancestor, depth FROM nodes_closure WHERE descendant = ?", nid)) == \
+                sorted((anc, d) for d, anc in enumerate(chain))
+            (fts_md,) = sql(catalog, "SELECT metadata FROM metadata_fts5 WHERE rowid = ?", nid)[0]
+            assert json.loads(fts_md) == node_row(nid)[1]
+            assert sql(catalog, "SELECT count(*) FROM metadata_fts5_docsize WHERE id = ?", nid) == [(1,)]
+
+    # Array data sources: one structure row each, one asset row per file (the HTTP path reused ours).
+    for mine, http in pairs[1:]:
+        s_mine, s_http = sources(mine), sources(http)
+        assert len(s_mine) == 1 and s_mine[0][0] is not None
+        assert sql(catalog, "SELECT count(*) FROM structures WHERE id = ?", s_mine[0][0]) == [(1,)]
+        assert s_mine[0][6] == s_http[0][6] and s_mine[0][6][0][1:] == ("data_uri", None)
+    (asset_id,) = {sources(n)[0][6][0][0] for pair in pairs[1:] for n in pair}
+    (uri,) = sql(catalog, "SELECT data_uri FROM assets WHERE id = ?", asset_id)[0]
+    art = m.art.to_pandas()
+    (file,) = set(art[art.huid == huid].file)
+    assert uri == f"file://localhost{Path(m.description.root) / file}"
+    assert sql(catalog, "SELECT count(*) FROM assets WHERE data_uri = ?", uri) == [(1,)]
+    assert sql(catalog, "SELECT count(*) FROM assets") == sql(catalog, "SELECT count(DISTINCT data_uri) FROM assets")
+
+    # Full-text search finds both Hamiltonians by their huid, and the index agrees with the table.
+    assert {ing_ham, http_ham} <= fts_match(catalog, huid)
+    fts_integrity(catalog)
+    assert set(orphans(catalog).values()) == {0}
+
+
+# --------------------------------------------------------------------------- 4. sweepcat delete
+
+
+def test_cli_delete_dry_run_prompt_and_each_level(runner, small_catalog: Path, demo_root: Path):
+    cat = str(small_catalog)
+    files_before = file_states(demo_root / "NiPS3_per_entity", demo_root / "NiPS3_per_artifact")
+    ds_id = node_id(cat, "NiPS3_per_entity")
+    n_dataset = subtree_size(cat, ds_id)
+    assert n_dataset == 1 + 24 * (1 + 4) + 1 + 5  # dataset, 24 Hamiltonians with 4 arrays, _axes with 5 axes
+    other_before = subtree_size(cat, node_id(cat, "NiPS3_per_artifact"))
+    before = sqlite_snapshot(cat)
+
+    # --dry-run: says what and how much, deletes nothing.
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--catalog", cat, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert f"would delete NiPS3_per_entity ({n_dataset} node(s))" in r.output
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "H_sim_00003", "--catalog", cat, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "would delete NiPS3_per_entity/H_sim_00003 (5 node(s))" in r.output
+    assert sqlite_snapshot(cat) == before
+
+    # Without --yes, answering "n": nothing deleted, non-zero exit.
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--catalog", cat], input="n\n")
+    assert r.exit_code != 0
+    assert "nothing deleted" in r.output
+    assert sqlite_snapshot(cat) == before
+
+    # Unknown keys: non-zero, naming the path, nothing deleted.
+    for args, named in ((["NiPS3_per_entity", "H_nope"], "NiPS3_per_entity/H_nope"),
+                        (["NiPS3_per_entity", "H_sim_00003", "nope"], "NiPS3_per_entity/H_sim_00003/nope"),
+                        (["NoSuchDataset"], "NoSuchDataset")):
+        r = runner.invoke(app, ["delete", *args, "--catalog", cat, "--yes"])
+        assert r.exit_code != 0 and named in r.output, r.output
+    assert sqlite_snapshot(cat) == before
+
+    # One artifact.
+    rixs = node_id(cat, "NiPS3_per_entity", "H_sim_00003", "rixs")
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "H_sim_00003", "rixs", "--catalog", cat, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert "deleted NiPS3_per_entity/H_sim_00003/rixs (1 node(s))" in r.output
+    assert node_id(cat, "NiPS3_per_entity", "H_sim_00003", "rixs") is None
+    assert sorted(k for (k,) in sql(cat, "SELECT key FROM nodes WHERE parent = ?",
+                                     node_id(cat, "NiPS3_per_entity", "H_sim_00003"))) == ["gf", "mh", "xps"]
+    assert subtree_size(cat, ds_id) == n_dataset - 1
+    assert sql(cat, "SELECT count(*) FROM data_sources WHERE node_id = ?", rixs) == [(0,)]
+    assert sql(cat, "SELECT count(*) FROM nodes_closure WHERE descendant = ? OR ancestor = ?", rixs, rixs) == [(0,)]
+    assert set(orphans(cat).values()) == {0}, orphans(cat)
+
+    # One Hamiltonian (with its arrays).
+    ham = node_id(cat, "NiPS3_per_entity", "H_sim_00004")
+    gone = [ham] + [i for (i,) in sql(cat, "SELECT id FROM nodes WHERE parent = ?", ham)]
+    assert len(gone) == 5
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "H_sim_00004", "--catalog", cat, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert node_id(cat, "NiPS3_per_entity", "H_sim_00004") is None
+    assert subtree_size(cat, ds_id) == n_dataset - 6
+    marks = ",".join("?" * len(gone))
+    assert sql(cat, f"SELECT count(*) FROM nodes WHERE id IN ({marks})", *gone) == [(0,)]
+    assert sql(cat, f"SELECT count(*) FROM data_sources WHERE node_id IN ({marks})", *gone) == [(0,)]
+    assert sql(cat, f"SELECT count(*) FROM nodes_closure WHERE descendant IN ({marks}) OR ancestor IN ({marks})",
+               *gone, *gone) == [(0,)]
+    assert fts_match(cat, "sim_00004") == set()
+    assert fts_match(cat, "sim_00005") != set()
+    assert set(orphans(cat).values()) == {0}, orphans(cat)
+    fts_integrity(cat)
+
+    # The whole dataset; the other dataset stays as it was.
+    gone = [i for (i,) in sql(cat, "SELECT descendant FROM nodes_closure WHERE ancestor = ?", ds_id)]
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--catalog", cat, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert sqlite_snapshot(cat)["top"] == ["NiPS3_per_artifact"]
+    marks = ",".join("?" * len(gone))
+    for table, column in (("nodes", "id"), ("data_sources", "node_id"), ("nodes_closure", "descendant"),
+                          ("nodes_closure", "ancestor"), ("metadata_fts5_docsize", "id")):
+        assert sql(cat, f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})", *gone) == [(0,)], table
+    assert set(orphans(cat).values()) == {0}, orphans(cat)
+    fts_integrity(cat)
+    assert subtree_size(cat, node_id(cat, "NiPS3_per_artifact")) == other_before
+    assert sql(cat, "PRAGMA integrity_check") == [("ok",)]
+    assert sql(cat, "PRAGMA foreign_key_check") == []
+
+    # HDF5 files are never touched.
+    assert file_states(demo_root / "NiPS3_per_entity", demo_root / "NiPS3_per_artifact") == files_before
+
+
+def test_cli_delete_via_url_of_a_running_server(runner, small_catalog: Path, demo_root: Path):
+    cat = str(small_catalog)
+    files_before = file_states(demo_root / "NiPS3_per_artifact")
+    ds_id = node_id(cat, "NiPS3_per_artifact")
+    key = sql(cat, "SELECT key FROM nodes WHERE parent = ? AND key != '_axes' ORDER BY id LIMIT 1", ds_id)[0][0]
+    n_before = subtree_size(cat, ds_id)
+    n_ham = subtree_size(cat, node_id(cat, "NiPS3_per_artifact", key))
+    with sweepcat_server(cat) as url:
+        r = runner.invoke(app, ["delete", "NiPS3_per_artifact", key, "--url", url, "--api-key", API_KEY, "--dry-run"])
+        assert r.exit_code == 0, r.output
+        assert f"would delete NiPS3_per_artifact/{key}" in r.output
+        assert node_id(cat, "NiPS3_per_artifact", key) is not None
+        r = runner.invoke(app, ["delete", "NiPS3_per_artifact", "H_nope", "--url", url, "--api-key", API_KEY, "--yes"])
+        assert r.exit_code != 0 and "NiPS3_per_artifact/H_nope" in r.output, r.output
+        r = runner.invoke(app, ["delete", "NiPS3_per_artifact", key, "--url", url, "--api-key", "wrongKey1", "--yes"])
+        assert r.exit_code != 0
+        assert node_id(cat, "NiPS3_per_artifact", key) is not None
+        r = runner.invoke(app, ["delete", "NiPS3_per_artifact", key, "--url", url, "--api-key", API_KEY, "--yes"])
+        assert r.exit_code == 0, r.output
+        assert f"deleted NiPS3_per_artifact/{key}" in r.output
+        client = from_uri(url, api_key=API_KEY)
+        assert key not in client["NiPS3_per_artifact"]
+        assert len([k for k in client["NiPS3_per_artifact"] if k != "_axes"]) == 23
+    assert node_id(cat, "NiPS3_per_artifact", key) is None
+    assert subtree_size(cat, ds_id) == n_before - n_ham
+    assert set(orphans(cat).values()) == {0}, orphans(cat)
+    assert file_states(demo_root / "NiPS3_per_artifact") == files_before
+
+
+def test_cli_delete_leaves_the_catalog_as_tiled_delete_does(runner, small_catalog: Path, tmp_path: Path):
+    """Deleting a dataset with --catalog and through Tiled's HTTP API gives the same tables.
+
+    Tiled deletes the asset rows that no remaining data source references."""
+    via_http = tmp_path / "via_http.db"
+    shutil.copy(small_catalog, via_http)
+    r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--catalog", str(small_catalog), "--yes"])
+    assert r.exit_code == 0, r.output
+    with sweepcat_server(str(via_http)) as url:
+        r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--url", url, "--api-key", API_KEY, "--yes"])
+        assert r.exit_code == 0, r.output
+    unreferenced = "SELECT count(*) FROM assets WHERE id NOT IN (SELECT asset_id FROM data_source_asset_association)"
+    assert sql(via_http, unreferenced) == [(0,)]
+    assert sqlite_snapshot(small_catalog)["counts"] == sqlite_snapshot(via_http)["counts"]
+    assert sql(small_catalog, unreferenced) == [(0,)]
+
+
+# --------------------------------------------------------------------------- 7. paths escaping the root
+
+
+def test_ingest_refuses_a_symlink_leading_outside_the_root(tmp_path: Path, demo_root: Path, demo_manifests: Path,
+                                                           runner):
+    root = tmp_path / "NiPS3_per_entity"
+    shutil.copytree(demo_root / "NiPS3_per_entity", root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = root / "sim_00007.h5"
+    shutil.move(victim, outside / "sim_00007.h5")
+    victim.symlink_to(outside / "sim_00007.h5")  # a valid HDF5 file, but outside the root
+    m = manifests_of(demo_manifests, "NiPS3_per_entity")
+    m.description.root = str(root)
+
+    # Into a catalog that holds another dataset: refused, nothing written.
+    catalog = tmp_path / "cat.db"
+    ingest(manifests_of(demo_manifests, "NiPS3_per_artifact"), str(catalog))
+    before = sqlite_snapshot(catalog)
+    with pytest.raises(ContractError) as err:
+        ingest(m, str(catalog))
+    text = str(err.value)
+    assert "sim_00007.h5" in text and "outside the dataset root" in text
+    assert "nothing was written" in text
+    assert [p.where for p in err.value.problems if "sim_00007.h5" in p.what] != []
+    assert sqlite_snapshot(catalog) == before
+
+    # Into a new catalog: refused before the catalog is even created.
+    fresh = tmp_path / "fresh.db"
+    with pytest.raises(ContractError):
+        ingest(m, str(fresh))
+    assert not fresh.exists()
+
+    # The CLI says the same, without a traceback, with --base-dir pointing at the copy.
+    r = runner.invoke(app, ["ingest", str(demo_manifests / "NiPS3_per_entity_hamiltonians.parquet"),
+                            str(demo_manifests / "NiPS3_per_entity_artifacts.parquet"),
+                            "--base-dir", str(root), "--catalog", str(catalog)])
+    assert r.exit_code == 2, r.output
+    assert "sim_00007.h5" in r.output and "outside the dataset root" in r.output
+    assert "Traceback" not in r.output
+    assert sqlite_snapshot(catalog) == before
+
+
+@pytest.mark.parametrize("how", ["symlink", "dotdot"])
+def test_ingest_refuses_a_shared_axis_file_outside_the_root(how: str, tmp_path: Path, demo_root: Path,
+                                                          demo_manifests: Path):
+    """Shared axes become assets the server reads like any artifact: they must stay inside the root too."""
+    root = tmp_path / "NiPS3_per_entity"
+    shutil.copytree(demo_root / "NiPS3_per_entity", root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(root / "sim_00000.h5", outside / "axes.h5")
+    if how == "symlink":
+        (root / "axes.h5").symlink_to(outside / "axes.h5")
+        rel = "axes.h5"
+    else:
+        rel = "../elsewhere/axes.h5"
+    m = manifests_of(demo_manifests, "NiPS3_per_entity")
+    m.description.root = str(root)
+    m.description.shared_axes = {name: {**ax, "file": rel} for name, ax in m.description.shared_axes.items()}
+    catalog = tmp_path / "cat.db"
+    ingest(manifests_of(demo_manifests, "NiPS3_per_artifact"), str(catalog))
+    before = sqlite_snapshot(catalog)
+    with pytest.raises(ContractError) as err:
+        ingest(m, str(catalog))
+    assert rel in str(err.value)
+    assert sqlite_snapshot(catalog) == before
+    assert sql(catalog, "SELECT count(*) FROM assets WHERE data_uri LIKE '%axes.h5'") == [(0,)]
+
+
+# --------------------------------------------------------------------------- 5. sweepcat config -> tiled serve config
+
+
+def _read_lines_until(proc: subprocess.Popen, pattern: str, timeout: float) -> tuple[re.Match | None, list[str]]:
+    """Read proc.stdout line by line in a thread; stop at the first line matching pattern."""
+    lines: list[str] = []
+    found: dict[str, re.Match] = {}
+    done = threading.Event()
+
+    def reader() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            hit = re.search(pattern, line)
+            if hit and "m" not in found:
+                found["m"] = hit
+                done.set()
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    done.wait(timeout)
+    return found.get("m"), lines
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_config_yaml_runs_under_tiled_serve_config(runner, small_catalog: Path, demo_manifests: Path,
+                                                    demo_root: Path, tmp_path: Path):
+    r = runner.invoke(app, ["config", "--catalog", str(small_catalog)], env={"SWEEPCAT_API_KEY": None})
+    assert r.exit_code == 0, r.output
+    config = yaml.safe_load(r.stdout)
+    key = config["authentication"]["single_user_api_key"]
+    assert key.isalnum() and len(key) >= 16
+    assert config["authentication"]["allow_anonymous_access"] is False
+    (tree,) = config["trees"]
+    assert tree["args"]["readable_storage"] == sorted(
+        str((demo_root / n).resolve()) for n in ("NiPS3_per_artifact", "NiPS3_per_entity"))
+    assert tree["args"]["adapters_by_mimetype"] == {MIMETYPE: "sweepcat.server.adapter:SlicedHDF5Adapter"}
+    # With SWEEPCAT_API_KEY set, that key goes into the config.
+    r2 = runner.invoke(app, ["config", "--catalog", str(small_catalog)], env={"SWEEPCAT_API_KEY": API_KEY})
+    assert yaml.safe_load(r2.stdout)["authentication"]["single_user_api_key"] == API_KEY
+
+    config_file = tmp_path / "tiled.yml"
+    config_file.write_text(r.stdout)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tiled", "serve", "config", str(config_file), "--port", str(port)],
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        client = from_uri(url, api_key=key)
+        assert sorted(client) == ["NiPS3_per_artifact", "NiPS3_per_entity"]
+        m = manifests_of(demo_manifests, "NiPS3_per_entity")
+        ham = m.ham.to_pandas()
+        huid, hkey = ham.huid.iloc[5], ham.key.iloc[5]
+        got = client["NiPS3_per_entity"][hkey]["rixs"].read()
+        art = m.art.to_pandas()
+        row = art[(art.huid == huid) & (art.type == "rixs")].iloc[0]
+        with h5py.File(Path(m.description.root) / row["file"], "r") as f:
+            want = f[row["dataset"]][()]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        assert httpx.get(f"{url}/api/v1/array/full/NiPS3_per_entity/{hkey}/rixs").status_code == 401
+    finally:
+        _stop(proc)
+
+
+# --------------------------------------------------------------------------- 6. authentication
+
+
+def _array_url(url: str, path: str) -> str:
+    return f"{url}/api/v1/array/full/{path}"
+
+
+def test_api_key_is_required_to_read_and_to_write(small_catalog: Path):
+    path = "NiPS3_per_entity/H_sim_00002/xps"
+    with sweepcat_server(str(small_catalog)) as url:
+        assert httpx.get(_array_url(url, path)).status_code == 401
+        assert httpx.get(_array_url(url, path), headers={"Authorization": "Apikey wrongKey123"}).status_code == 401
+        assert httpx.get(_array_url(url, path), params={"api_key": "wrongKey123"}).status_code == 401
+        ok = httpx.get(_array_url(url, path), headers={"Authorization": f"Apikey {API_KEY}",
+                                                       "Accept": "application/json"})
+        assert ok.status_code == 200
+        assert len(ok.json()) == 5000
+        assert httpx.get(_array_url(url, path), params={"api_key": API_KEY}).status_code == 200
+
+
+def test_public_server_reads_anonymously_but_refuses_anonymous_writes(small_catalog: Path):
+    path = "NiPS3_per_entity/H_sim_00002/xps"
+    with sweepcat_server(str(small_catalog), public=True) as url:
+        r = httpx.get(_array_url(url, path), headers={"Accept": "application/json"})
+        assert r.status_code == 200 and len(r.json()) == 5000
+        body = {"id": "anon", "structure_family": "container", "metadata": {}, "specs": [], "data_sources": []}
+        r = httpx.post(f"{url}/api/v1/metadata/", json=body)
+        assert r.status_code in (401, 403), r.text
+        r = httpx.post(f"{url}/api/v1/metadata/", json=body, headers={"Authorization": "Apikey wrongKey123"})
+        assert r.status_code in (401, 403), r.text
+        r = httpx.delete(f"{url}/api/v1/metadata/NiPS3_per_entity/H_sim_00002", params={"recursive": True})
+        assert r.status_code in (401, 403), r.text
+        # The key still writes.
+        r = httpx.post(f"{url}/api/v1/metadata/", json=body, headers={"Authorization": f"Apikey {API_KEY}"})
+        assert r.status_code == 200, r.text
+    assert node_id(small_catalog, "anon") is not None
+    assert node_id(small_catalog, "NiPS3_per_entity", "H_sim_00002") is not None
+
+
+def test_serve_without_api_key_prints_a_generated_key_that_works(small_catalog: Path):
+    port = free_port()
+    env = clean_env()
+    env.pop("SWEEPCAT_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", str(small_catalog),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        hit, lines = _read_lines_until(proc, r"API key:\s+(\w+)", timeout=60)
+        assert hit is not None, "".join(lines)
+        key = hit.group(1)
+        assert "generated" in hit.string
+        assert key != API_KEY and key.isalnum() and len(key) >= 16
+        wait_ready(url, proc)
+        path = "NiPS3_per_entity/H_sim_00002/xps"
+        assert httpx.get(_array_url(url, path)).status_code == 401
+        assert httpx.get(_array_url(url, path), params={"api_key": key[::-1]}).status_code == 401
+        assert httpx.get(_array_url(url, path), params={"api_key": key}).status_code == 200
+        assert from_uri(url, api_key=key)["NiPS3_per_entity"]["H_sim_00002"]["xps"].shape == (5000,)
+    finally:
+        _stop(proc)
+
+
+# --------------------------------------------------------------------------- 2. SIGKILL during ingest
+
+
+def _start_cli_ingest(manifests: Path, catalog: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweepcat.cli", "ingest", str(manifests), "--catalog", catalog],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=log.parent)
+
+
+def _in_transaction_sqlite(catalog: str) -> bool:
+    # Rollback-journal mode (what Tiled creates): the journal exists from the first write until COMMIT.
+    return Path(catalog + "-journal").exists() or Path(catalog + "-wal").exists() and \
+        Path(catalog + "-wal").stat().st_size > 0
+
+
+def _kill_sqlite_ingest(manifests: Path, catalog: str, log: Path, *, after_start: float | None = None,
+                        after_write_began: float | None = None) -> bool:
+    """SIGKILL a CLI ingest; True when the kill landed inside the write transaction."""
+    proc = _start_cli_ingest(manifests, catalog, log)
+    try:
+        if after_start is not None:
+            time.sleep(after_start)
+        else:
+            deadline = time.monotonic() + 60
+            while not _in_transaction_sqlite(catalog):
+                assert proc.poll() is None, f"ingest ended before writing:\n{log.read_text()}"
+                assert time.monotonic() < deadline, "ingest never started writing"
+                time.sleep(0.002)
+            time.sleep(after_write_began)
+        inside = _in_transaction_sqlite(catalog)
+        assert proc.poll() is None, f"ingest finished before the kill:\n{log.read_text()}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return inside
+
+
+def _assert_big_complete(uri: str, result) -> None:
+    assert (result.added_hamiltonians, result.added_artifacts) == (BIG_HAM, BIG_ART)
+    with connect(parse_catalog(uri)) as db:
+        (ds,) = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", BIG)[0]
+        n = db.fetch("SELECT count(*) FROM nodes_closure WHERE ancestor = ?", ds)[0][0]
+        n_ds = db.fetch("SELECT count(*) FROM data_sources d JOIN nodes_closure c ON c.descendant = d.node_id "
+                        "WHERE c.ancestor = ?", ds)[0][0]
+    assert n == 1 + BIG_HAM + BIG_ART + 1 + 3  # dataset, Hamiltonians, artifacts, _axes and its 3 axes
+    assert n_ds == BIG_ART + 3
+
+
+def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, demo_manifests: Path,
+                                                               big_manifests: Path):
+    catalog = str(tmp_path / "kill.db")
+    ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), catalog)
+    before = sqlite_snapshot(catalog)
+    assert before["top"] == ["NiPS3_per_entity"]
+    inside = []
+    kills = [dict(after_start=0.5), dict(after_start=1.5), dict(after_write_began=0.0),
+             dict(after_write_began=0.25), dict(after_write_began=0.6)]
+    for n, when in enumerate(kills):
+        inside.append(_kill_sqlite_ingest(big_manifests, catalog, tmp_path / f"kill{n}.log", **when))
+        # Opening the catalog rolls a hot journal back; afterwards it is exactly as before.
+        assert sqlite_snapshot(catalog) == before, f"after kill {when}"
+        assert sql(catalog, "PRAGMA integrity_check") == [("ok",)]
+        assert sql(catalog, "PRAGMA foreign_key_check") == []
+        assert not Path(catalog + "-journal").exists()
+        fts_integrity(catalog)
+    assert inside[2:] == [True, True, True], inside  # those kills hit the open write transaction
+
+    result = ingest(read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet",
+                                   big_manifests / f"{BIG}_artifacts.parquet"), catalog)
+    _assert_big_complete(catalog, result)
+    after = sqlite_snapshot(catalog)
+    assert after["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert after["triggers"] == before["triggers"]
+    assert set(orphans(catalog).values()) == {0}
+    fts_integrity(catalog)
+
+
+def _pg_write_lock_holders(uri: str) -> list[int]:
+    with connect(parse_catalog(uri)) as db:
+        return [r[0] for r in db.fetch(
+            "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = 'nodes' AND l.mode = 'ExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()")]
+
+
+def _pg_backends(uri: str) -> int:
+    with connect(parse_catalog(uri)) as db:
+        return int(db.fetch("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid()")[0][0])
+
+
+def test_sigkill_during_ingest_leaves_postgres_catalog_as_it_was(postgres, tmp_path: Path, demo_manifests: Path,
+                                                                 big_manifests: Path):
+    uri = postgres.create_database("faults_sigkill")
+    ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), uri)
+    before = pg_snapshot(uri)
+    log = tmp_path / "kill.log"
+    proc = _start_cli_ingest(big_manifests, uri, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not _pg_write_lock_holders(uri):  # the ingest transaction has started writing
+            assert proc.poll() is None, f"ingest ended before writing:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "ingest never took its lock"
+            time.sleep(0.005)
+        time.sleep(0.2)
+        assert _pg_write_lock_holders(uri), "the transaction ended before the kill"
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while _pg_backends(uri) and time.monotonic() < deadline:  # the server notices the dead client
+        time.sleep(0.05)
+    assert _pg_backends(uri) == 0
+    assert pg_snapshot(uri) == before
+
+    result = ingest(read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet",
+                                   big_manifests / f"{BIG}_artifacts.parquet"), uri)
+    _assert_big_complete(uri, result)
+    after = pg_snapshot(uri)
+    assert after["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert after["triggers"] == before["triggers"]
+    # Ids handed out later by Tiled itself (sequences) do not collide with the bulk-written ones.
+    with connect(parse_catalog(uri)) as db:
+        for table in ("nodes", "data_sources", "assets"):
+            seq = db.fetch(f"SELECT last_value FROM {db.fetch(f'SELECT pg_get_serial_sequence(?, ?)', table, 'id')[0][0]}")
+            assert seq[0][0] >= db.fetch(f"SELECT max(id) FROM {table}")[0][0], table
+
+
+# --------------------------------------------------------------------------- 3. a live server during an ingest
+
+
+def test_running_server_answers_during_ingest_and_sees_the_commit(tmp_path: Path, demo_manifests: Path,
+                                                                 big_manifests: Path):
+    catalog = str(tmp_path / "live.db")
+    m = manifests_of(demo_manifests, "NiPS3_per_entity")
+    ingest(m, catalog)
+    huid, key = m.ham.column("huid")[2].as_py(), m.ham.column("key")[2].as_py()
+    want = expected_array(m, huid, "rixs")
+    big = read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet", big_manifests / f"{BIG}_artifacts.parquet")
+    with sweepcat_server(catalog) as url:
+        client = from_uri(url, api_key=API_KEY)
+        assert BIG not in client
+        log = tmp_path / "ingest.log"
+        proc = _start_cli_ingest(big_manifests, catalog, log)
+        reads = reads_in_tx = 0
+        slowest = 0.0
+        try:
+            while proc.poll() is None:
+                in_tx = _in_transaction_sqlite(catalog)
+                t0 = time.monotonic()
+                node = client["NiPS3_per_entity"][key]
+                assert node.metadata["huid"] == huid
+                np.testing.assert_array_equal(node["rixs"].read(), want)
+                slowest = max(slowest, time.monotonic() - t0)
+                reads += 1
+                reads_in_tx += in_tx and _in_transaction_sqlite(catalog)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, log.read_text()
+        assert f"{BIG_HAM} Hamiltonians and {BIG_ART} artifacts added" in log.read_text()
+        assert reads >= 5 and reads_in_tx >= 1, (reads, reads_in_tx)
+        # The same client sees the new dataset once committed.
+        assert BIG in client
+        ds = client[BIG]
+        assert len(ds) == BIG_HAM + 1  # Hamiltonians and _axes
+        ham = big.ham.to_pandas()
+        node = ds[ham.key.iloc[1234]]
+        assert node.metadata["huid"] == ham.huid.iloc[1234]
+        rixs = node["rixs"].read()
+        assert rixs.shape == (151, 40)
+        np.testing.assert_array_equal(rixs, np.zeros((151, 40)))  # unfilled chunks read as the fill value
+        np.testing.assert_array_equal(ds["_axes"]["eloss_RIXS"].read(), np.linspace(-1.0, 14.0, 151))
+        # and A still reads the same.
+        np.testing.assert_array_equal(client["NiPS3_per_entity"][key]["rixs"].read(), want)
