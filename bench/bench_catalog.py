@@ -177,7 +177,7 @@ def run(repeat: int = 3) -> Run:
                                      timeit(lambda: ingest(m, str(last_db)), repeat=repeat, warmup=0)))
 
         # --- PostgreSQL, real cluster
-        pg = PostgresCluster().start()
+        pg = PostgresCluster(durable=True).start()
         try:
             pg_samples = []
             for i in range(repeat):

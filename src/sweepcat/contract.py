@@ -18,6 +18,7 @@ nothing from sweepcat but ``errors``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 import os
@@ -454,6 +455,16 @@ def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
         raise
 
 
+def file_sha256(path: Path | None) -> str | None:
+    if path is None or not Path(path).exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def manifest_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return out_dir / f"{name}{HAM_SUFFIX}", out_dir / f"{name}{ART_SUFFIX}"
 
@@ -547,3 +558,38 @@ def read_manifests(
         description.label = label
         description.key = to_key(label)
     return Manifests(ham, art, description, ham_p, art_p)
+
+
+# --------------------------------------------------------------------------- wire format
+
+BATCH_MAGIC = b"SWEEPCAT-BATCH-1"
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def encode_batch(manifests: Manifests) -> bytes:
+    """Manifests (or a slice of them) as one request body: two Arrow IPC streams."""
+    ham = _with_description(manifests.ham, manifests.description)
+    ham_bytes = _ipc(ham)
+    return BATCH_MAGIC + len(ham_bytes).to_bytes(8, "little") + ham_bytes + _ipc(manifests.art)
+
+
+def decode_batch(body: bytes) -> Manifests:
+    if not body.startswith(BATCH_MAGIC) or len(body) < len(BATCH_MAGIC) + 8:
+        raise SweepcatError("request body is not a sweepcat batch", "send it with `sweepcat register`")
+    start = len(BATCH_MAGIC) + 8
+    n = int.from_bytes(body[len(BATCH_MAGIC):start], "little")
+    try:
+        ham = pa.ipc.open_stream(pa.py_buffer(body[start:start + n])).read_all()
+        art = pa.ipc.open_stream(pa.py_buffer(body[start + n:])).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SweepcatError(f"request body is a damaged sweepcat batch ({exc})", "resend it") from None
+    raw = (ham.schema.metadata or {}).get(DESCRIPTION_KEY)
+    if raw is None:
+        raise SweepcatError("the batch carries no dataset description", "send it with `sweepcat register`")
+    return Manifests(normalize_strings(ham), normalize_strings(art), DatasetDescription.from_json(raw))

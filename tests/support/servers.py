@@ -87,7 +87,8 @@ def pg_bin(name: str) -> str:
 class PostgresCluster:
     """A PostgreSQL server in a temporary directory on 127.0.0.1, for one test session."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable  # benchmarks: PostgreSQL's default fsync; tests: fsync off for speed
         self.dir = Path(tempfile.mkdtemp(prefix="sweepcat-pg-"))
         self.port = free_port()
         self.as_root = os.geteuid() == 0
@@ -101,8 +102,10 @@ class PostgresCluster:
         data = self.dir / "data"
         if self.as_root:
             shutil.chown(self.dir, "postgres")
-        self._run(pg_bin("initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "--no-sync")
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off -c full_page_writes=off"
+        self._run(pg_bin("initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "--no-sync", "-E", "UTF8")
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         self._run(pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
         return self
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SweepcatError
-from .db import connect
+from .db import Database, connect
 from .schema import CatalogURI, ensure_catalog
+
+AXES_KEY = "_axes"
 
 
 @dataclass
@@ -38,3 +40,25 @@ def execute_delete(cat: CatalogURI, plan: DeletePlan) -> None:
         db.begin()
         db.execute("DELETE FROM nodes WHERE id = ?", plan.node_id)
         db.commit()
+
+
+def delete_node_ids(db: Database, ids: list[int]) -> None:
+    """Delete nodes (and, by cascade, everything below them) inside the caller's transaction."""
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        db.execute(f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(part))})", *part)
+
+
+def prune_dataset(cat: CatalogURI, dataset: str, keep: set[str]) -> int:
+    """Remove the Hamiltonians of ``dataset`` whose keys are not in ``keep``; returns how many."""
+    ensure_catalog(cat, create=False)
+    with connect(cat) as db:
+        db.begin()
+        row = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset)
+        if not row:
+            raise SweepcatError(f"{dataset}: no such dataset in {cat.display}", "check the dataset key")
+        children = db.fetch("SELECT key, id FROM nodes WHERE parent = ?", int(row[0][0]))
+        stale = [int(i) for k, i in children if k != AXES_KEY and k not in keep]
+        delete_node_ids(db, stale)
+        db.commit()
+    return len(stale)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from ..contract import Manifests, validate
 from ..errors import ContractError, SweepcatError
 from .db import Database, connect
+from .delete import delete_node_ids
 from .plan import AXES_KEY, IngestPlan, build_plan, compact_json, file_uri, structure_for
 from .schema import MIMETYPE, CatalogURI, ensure_catalog, parse_catalog
 from .verify import AxisInfo, read_axes, verify_against_files
@@ -188,9 +189,7 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
         stale = [i for k, i in existing.items() if k not in keep]
         if stale:
             say(f"pruning {len(stale)} Hamiltonians no longer in the manifest")
-            for start in range(0, len(stale), 500):
-                part = stale[start:start + 500]
-                db.execute(f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(part))})", *part)
+            delete_node_ids(db, stale)
         result.pruned = len(stale)
 
     ham_ids = np.full(len(ham_keys), -1, dtype=np.int64)
@@ -243,6 +242,12 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
                     db.execute(f'DROP INDEX "{name}"')
         else:
             db.execute("SET LOCAL session_replication_role = replica")
+    if db.dialect == "postgresql":
+        # Tiled's GIN indexes on metadata flush their pending list every 4 MB by default;
+        # for a bulk load, fewer and larger flushes with room to sort are much cheaper.
+        db.execute("SET LOCAL work_mem = '256MB'")
+        db.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        db.execute("SET LOCAL gin_pending_list_limit = '256MB'")
 
     say(f"writing {len(new_ham)} Hamiltonians and {n_art} artifacts")
     node_cols = ("id", "parent", "key", "structure_family", "metadata", "specs")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import ART_STANDARD, HAM_REQUIRED, Manifests, shape_text
+from ..contract import ART_STANDARD, HAM_REQUIRED, Manifests, file_sha256, shape_text
 from .schema import MIMETYPE
 
 AXES_KEY = "_axes"  # child container of a dataset holding its shared axes
@@ -133,16 +132,6 @@ class IngestPlan:
     root: str
 
 
-def _sha256(path: Path | None) -> str | None:
-    if path is None or not path.exists():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def parameter_summary(ham: pa.Table) -> dict[str, dict[str, Any]]:
     out = {}
     for name in ham.column_names:
@@ -203,13 +192,14 @@ def build_plan(manifests: Manifests) -> IngestPlan:
     provenance.update({
         "ingested": now,
         "counts": {"hamiltonians": ham.num_rows, "artifacts": art.num_rows},
-        "manifests": {
-            "hamiltonians": {"path": str(manifests.ham_path) if manifests.ham_path else None,
-                             "sha256": _sha256(manifests.ham_path)},
-            "artifacts": {"path": str(manifests.art_path) if manifests.art_path else None,
-                          "sha256": _sha256(manifests.art_path)},
-        },
     })
+    if manifests.ham_path is not None or "manifests" not in provenance:  # `register` sends its own
+        provenance["manifests"] = {
+            "hamiltonians": {"path": str(manifests.ham_path) if manifests.ham_path else None,
+                             "sha256": file_sha256(manifests.ham_path)},
+            "artifacts": {"path": str(manifests.art_path) if manifests.art_path else None,
+                          "sha256": file_sha256(manifests.art_path)},
+        }
     sweepcat_md = {
         "kind": "dataset",
         "label": d.label,

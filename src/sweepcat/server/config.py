@@ -10,6 +10,7 @@ import yaml
 from .adapter import MIMETYPE
 
 ADAPTER = "sweepcat.server.adapter:SlicedHDF5Adapter"
+ROUTER = "sweepcat.server.routes:router"
 API_KEY_ENV = "SWEEPCAT_API_KEY"
 
 
@@ -34,6 +35,7 @@ def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str
                 "adapters_by_mimetype": {MIMETYPE: ADAPTER},
             },
         }],
+        "routers": [ROUTER],
         "uvicorn": {"host": host, "port": port},
     }
 

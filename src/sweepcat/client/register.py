@@ -1,0 +1,276 @@
+"""Registering manifests into a running server: sweepcat's bulk route, or Tiled's stock API.
+
+The bulk route takes thousands of Hamiltonians per request; each request is
+one transaction on the server, and re-sending one is a no-op, so an
+interrupted run resumes by running it again. Against a plain Tiled server the
+stock client creates one node per request, from several threads; a
+Hamiltonian is marked incomplete until all its arrays exist, so a re-run
+finishes exactly the ones an interruption cut short.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..contract import Manifests, encode_batch, file_sha256
+from ..errors import SweepcatError
+
+Progress = Callable[[int, int], None]  # (hamiltonians done, nodes done) increments
+INCOMPLETE = "sweepcat_incomplete"
+
+
+@dataclass
+class RegisterResult:
+    path: str  # "bulk" or "stock"
+    dataset: str
+    added_hamiltonians: int = 0
+    added_artifacts: int = 0
+    existing_hamiltonians: int = 0
+    updated: int = 0
+    pruned: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    retries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nodes_written(self) -> int:
+        return self.added_hamiltonians + self.added_artifacts
+
+    def __str__(self) -> str:
+        rate = self.nodes_written / self.seconds if self.seconds else 0.0
+        text = (f"dataset {self.dataset!r} via the {self.path} path: {self.added_hamiltonians} Hamiltonians and "
+                f"{self.added_artifacts} artifacts added, {self.existing_hamiltonians} already present")
+        if self.updated:
+            text += f", {self.updated} updated"
+        if self.pruned:
+            text += f", {self.pruned} pruned"
+        return text + f" in {self.seconds:.1f} s ({rate:,.0f} nodes/s, {self.requests} requests)"
+
+
+class _Http:
+    """httpx with the API key and retries (server restarts, brief outages) with backoff."""
+
+    def __init__(self, url: str, api_key: str | None, *, attempts: int = 8, timeout: float = 600.0):
+        headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(headers=headers, timeout=timeout)
+        self.attempts = attempts
+        self.retries = 0
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = 0.5
+        for attempt in range(self.attempts):
+            try:
+                response = self.client.request(method, f"{self.url}{path}", **kwargs)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                error: Exception | httpx.Response = exc
+            else:
+                if response.status_code not in (502, 503, 504):
+                    return response
+                error = response
+            if attempt == self.attempts - 1:
+                what = error if isinstance(error, Exception) else f"HTTP {error.status_code}"
+                raise SweepcatError(f"{self.url} did not answer after {self.attempts} attempts ({what})",
+                                    "check that the server runs, then run the same command again: it resumes")
+            self.retries += 1
+            time.sleep(delay * (1 + random.random() / 2))
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    if response.status_code == 401:
+        raise SweepcatError(f"{what}: the server refused the API key (401)",
+                            "pass the key the server printed: --api-key KEY or SWEEPCAT_API_KEY")
+    if response.status_code == 403:
+        message = detail.get("message") if isinstance(detail, dict) else detail
+        hint = detail.get("hint") if isinstance(detail, dict) else None
+        raise SweepcatError(f"{what}: forbidden (403): {message}",
+                            hint or "use a key with the scopes write:metadata, create:node and register")
+    if isinstance(detail, dict):
+        problems = detail.get("problems") or []
+        lines = [detail.get("message", "")] + [f"  - {p['where']}: {p['what']} -> {p['fix']}" for p in problems[:20]]
+        raise SweepcatError(f"{what}: the server refused the batch ({response.status_code}): " + "\n".join(lines),
+                            detail.get("hint") or "fix the manifests and run the same command again")
+    raise SweepcatError(f"{what}: HTTP {response.status_code}: {detail}", "see the server log for details")
+
+
+def detect_path(http: _Http) -> dict[str, Any] | None:
+    """The server's sweepcat info, or None for a plain Tiled server."""
+    response = http.request("GET", "/api/v1/sweepcat/info")
+    if response.status_code == 404:
+        return None
+    _raise_for(response, "checking the server")
+    return response.json()
+
+
+def _batches(m: Manifests, size: int) -> list[Manifests]:
+    """Hamiltonian-aligned slices of the manifests; artifacts follow their Hamiltonian."""
+    art_pos = pc.index_in(m.art.column("huid"), value_set=m.ham.column("huid")).to_numpy(zero_copy_only=False)
+    order = art_pos.argsort(kind="stable")
+    art_sorted = m.art.take(pa.array(order))
+    bounds = art_pos[order].searchsorted(list(range(0, m.ham.num_rows + size, size)), side="left")
+    out = []
+    for k, start in enumerate(range(0, m.ham.num_rows, size)):
+        out.append(Manifests(m.ham.slice(start, size), art_sorted.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])),
+                             m.description))
+    return out
+
+
+def register(m: Manifests, url: str, api_key: str | None, *, update: bool = False, prune: bool = False,
+             batch_size: int = 5000, workers: int = 8, force_stock: bool = False,
+             progress: Progress | None = None, say: Callable[[str], None] = lambda _: None) -> RegisterResult:
+    t0 = time.perf_counter()
+    http = _Http(url, api_key)
+    info = None if force_stock else detect_path(http)
+    d = m.description
+    d.provenance = dict(d.provenance)
+    d.provenance["manifests"] = {
+        "hamiltonians": {"path": str(m.ham_path) if m.ham_path else None, "sha256": file_sha256(m.ham_path)},
+        "artifacts": {"path": str(m.art_path) if m.art_path else None, "sha256": file_sha256(m.art_path)},
+    }
+    if info is not None:
+        say(f"server has the sweepcat plug-in ({info['sweepcat']}, {info['catalog']}): bulk path")
+        result = _register_bulk(http, m, update=update, prune=prune, batch_size=batch_size, info=info,
+                                progress=progress)
+    else:
+        why = "--stock" if force_stock else "plain Tiled server (no sweepcat plug-in)"
+        say(f"{why}: Tiled's stock client API, one node per request")
+        result = _register_stock(url, api_key, m, update=update, prune=prune, workers=workers, progress=progress)
+    result.retries += http.retries
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _register_bulk(http: _Http, m: Manifests, *, update: bool, prune: bool, batch_size: int,
+                   info: dict[str, Any], progress: Progress | None) -> RegisterResult:
+    result = RegisterResult("bulk", m.description.key)
+    rows_per_ham = max(1.0, 1 + m.art.num_rows / max(1, m.ham.num_rows))
+    batch_size = max(1, min(batch_size, int(info.get("max_batch_rows", 200_000) / rows_per_ham)))
+    for batch in _batches(m, batch_size):
+        body = encode_batch(batch)
+        response = http.request("POST", "/api/v1/sweepcat/register", params={"update": update}, content=body,
+                                headers={"Content-Type": "application/x-sweepcat-batch"})
+        result.requests += 1
+        _raise_for(response, f"registering {m.description.key!r}")
+        r = response.json()
+        result.added_hamiltonians += r["added_hamiltonians"]
+        result.added_artifacts += r["added_artifacts"]
+        result.existing_hamiltonians += r["existing_hamiltonians"]
+        result.updated += r["updated"]
+        if progress:
+            progress(batch.ham.num_rows, r["added_hamiltonians"] + r["added_artifacts"])
+    if prune:
+        response = http.request("POST", f"/api/v1/sweepcat/prune/{m.description.key}",
+                                json={"keys": m.ham.column("key").to_pylist()})
+        result.requests += 1
+        _raise_for(response, f"pruning {m.description.key!r}")
+        result.pruned = response.json()["pruned"]
+    return result
+
+
+# --------------------------------------------------------------------------- stock Tiled
+
+
+def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool, prune: bool, workers: int,
+                    progress: Progress | None) -> RegisterResult:
+    from tiled.client import from_uri
+    from tiled.queries import Key
+
+    client = from_uri(url, api_key=api_key)
+    d = m.description
+    result = RegisterResult("stock", d.key)
+    if d.key not in client:
+        client.create_container(d.key, metadata={**d.metadata, "sweepcat": {"kind": "dataset", "label": d.label,
+                                                                             "root": d.root}})
+    ds = client[d.key]
+    existing = set(ds.keys())
+    incomplete = set(ds.search(Key(INCOMPLETE) == True).keys()) if existing else set()  # noqa: E712
+    hams = m.ham.to_pylist()
+    arts: dict[str, list[dict]] = {}
+    for row in m.art.to_pylist():
+        arts.setdefault(row["huid"], []).append(row)
+    todo = [h for h in hams if h["key"] not in existing or h["key"] in incomplete]
+    result.existing_hamiltonians = len(hams) - len(todo)
+
+    def one(h: dict) -> tuple[int, int]:
+        metadata = {k: v for k, v in h.items() if k != "key"}
+        key = h["key"]
+        if key in existing:
+            node = ds[key]
+            have = set(node.keys())
+        else:
+            node = ds.create_container(key, metadata={**metadata, INCOMPLETE: True})
+            have = set()
+        n_new = 0
+        for a in arts.get(h["huid"], []):
+            if a["type"] in have:
+                continue
+            node.new("array", [_stock_data_source(d.root, a)], key=a["type"], metadata=_extra(a))
+            n_new += 1
+        node.replace_metadata(metadata)
+        return (0 if key in existing else 1), n_new
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for new_ham, new_arts in pool.map(one, todo):
+            result.added_hamiltonians += new_ham
+            result.added_artifacts += new_arts
+            result.requests += 2 + new_arts
+            if progress:
+                progress(1, new_ham + new_arts)
+    if update:
+        for h in hams:
+            if h["key"] in existing and h["key"] not in incomplete:
+                metadata = {k: v for k, v in h.items() if k != "key"}
+                if dict(ds[h["key"]].metadata) != metadata:
+                    ds[h["key"]].replace_metadata(metadata)
+                    result.updated += 1
+    if prune:
+        keep = set(m.ham.column("key").to_pylist())
+        for key in [k for k in ds.keys() if k not in keep and k != "_axes"]:
+            ds[key].delete(recursive=True)
+            result.pruned += 1
+    return result
+
+
+def _extra(a: dict) -> dict:
+    from ..contract import ART_STANDARD
+
+    return {k: v for k, v in a.items() if k not in ART_STANDARD}
+
+
+def _stock_data_source(root: str, a: dict) -> Any:
+    from pathlib import Path
+
+    import numpy as np
+    from tiled.structures.array import ArrayStructure, BuiltinDtype
+    from tiled.structures.data_source import Asset, DataSource, Management
+    from tiled.utils import ensure_uri
+
+    shape = tuple(int(s) for s in a["shape"])
+    axes = a.get("axes")
+    dims = tuple(axes) if axes and all(axes) and len(axes) == len(shape) else None
+    structure = ArrayStructure(data_type=BuiltinDtype.from_numpy_dtype(np.dtype(a["dtype"])), shape=shape,
+                               chunks=tuple((s,) for s in shape), dims=dims)
+    params = {"dataset": a["dataset"]}
+    if a.get("index") is not None:
+        params["index"] = int(a["index"])
+    return DataSource(management=Management.external, mimetype="application/x-sliced-hdf5",
+                      structure_family="array", structure=structure, parameters=params,
+                      assets=[Asset(data_uri=ensure_uri(str(Path(root) / a["file"])), is_directory=False,
+                                    parameter="data_uri")])
