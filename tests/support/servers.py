@@ -49,12 +49,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 @contextlib.contextmanager
 def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = False,
-                    extra_env: dict[str, str] | None = None) -> Iterator[str]:
+                    extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> Iterator[str]:
     """`sweepcat serve` on 127.0.0.1 and a free port; stopped on exit."""
     port = free_port()
     cmd = [sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", catalog, "--port", str(port)]
     if public:
         cmd.append("--public")
+    cmd.extend(extra_args or [])
     env = clean_env(SWEEPCAT_API_KEY=api_key, **(extra_env or {}))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
