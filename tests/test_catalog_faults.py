@@ -646,8 +646,20 @@ def _in_transaction_sqlite(catalog: str, since_ns: int) -> bool:
         return False
 
 
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a synced ("hot") rollback journal starts with it
+
+
+def _journal_is_hot(catalog: str) -> bool:
+    """COMMIT has begun: the journal is synced and the database file is being written."""
+    try:
+        with open(catalog + "-journal", "rb") as f:
+            return f.read(8) == JOURNAL_MAGIC
+    except FileNotFoundError:
+        return False
+
+
 def _kill_sqlite_ingest(manifests: Path, catalog: str, log: Path, *, after_start: float | None = None,
-                        after_write_began: float | None = None) -> bool:
+                        after_write_began: float | None = None, at_commit: bool = False) -> bool:
     """SIGKILL a CLI ingest; True when the kill landed inside the write transaction."""
     started = time.time_ns()
     proc = _start_cli_ingest(manifests, catalog, log)
@@ -656,11 +668,18 @@ def _kill_sqlite_ingest(manifests: Path, catalog: str, log: Path, *, after_start
             time.sleep(after_start)
         else:
             deadline = time.monotonic() + 60
-            while not _in_transaction_sqlite(catalog, started):
-                assert proc.poll() is None, f"ingest ended before writing:\n{log.read_text()}"
-                assert time.monotonic() < deadline, "ingest never started writing"
-                time.sleep(0.002)
-            time.sleep(after_write_began)
+            if at_commit:
+                def ready() -> bool:
+                    return _journal_is_hot(catalog)
+            else:
+                def ready() -> bool:
+                    return _in_transaction_sqlite(catalog, started)
+            while not ready():
+                assert proc.poll() is None, f"ingest ended before the moment to kill it:\n{log.read_text()}"
+                assert time.monotonic() < deadline, "ingest never got there"
+                time.sleep(0 if at_commit else 0.002)
+            if after_write_began:
+                time.sleep(after_write_began)
         inside = _in_transaction_sqlite(catalog, started)
         assert proc.poll() is None, f"ingest finished before the kill:\n{log.read_text()}"
         os.kill(proc.pid, signal.SIGKILL)
@@ -670,8 +689,24 @@ def _kill_sqlite_ingest(manifests: Path, catalog: str, log: Path, *, after_start
     return inside
 
 
-def _assert_big_complete(uri: str, result) -> None:
-    assert (result.added_hamiltonians, result.added_artifacts) == (BIG_HAM, BIG_ART)
+def _probe(catalog: str, where: Path) -> tuple[dict[str, Any], list, list]:
+    """Snapshot, integrity and FK check of a copy of the catalog as the killed process left it.
+
+    The copy (with its journal) is opened read-write, so SQLite rolls a hot journal back there;
+    the catalog itself is left untouched for the next ingest to find."""
+    where.mkdir()
+    copy = where / Path(catalog).name
+    shutil.copy(catalog, copy)
+    if Path(catalog + "-journal").exists():
+        shutil.copy(catalog + "-journal", str(copy) + "-journal")
+    shot = sqlite_snapshot(copy)
+    fts_integrity(copy)
+    return shot, sql(copy, "PRAGMA integrity_check"), sql(copy, "PRAGMA foreign_key_check")
+
+
+def _assert_big_complete(uri: str, result=None) -> None:
+    if result is not None:
+        assert (result.added_hamiltonians, result.added_artifacts) == (BIG_HAM, BIG_ART)
     with connect(parse_catalog(uri)) as db:
         (ds,) = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", BIG)[0]
         n = db.fetch("SELECT count(*) FROM nodes_closure WHERE ancestor = ?", ds)[0][0]
@@ -689,14 +724,13 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
     assert before["top"] == ["NiPS3_per_entity"]
     inside = []
     kills = [dict(after_start=0.5), dict(after_start=1.5), dict(after_write_began=0.0),
-             dict(after_write_began=0.25), dict(after_write_began=0.6)]
+             dict(after_write_began=0.2), dict(after_write_began=0.45)]
     for n, when in enumerate(kills):
+        # Each run starts from what the previous kill left behind.
         inside.append(_kill_sqlite_ingest(big_manifests, catalog, tmp_path / f"kill{n}.log", **when))
-        # Opening the catalog rolls a hot journal back; afterwards it is exactly as before.
-        assert sqlite_snapshot(catalog) == before, f"after kill {when}"
-        assert sql(catalog, "PRAGMA integrity_check") == [("ok",)]
-        assert sql(catalog, "PRAGMA foreign_key_check") == []
-        fts_integrity(catalog)
+        shot, integrity, fk = _probe(catalog, tmp_path / f"probe{n}")
+        assert shot == before, f"after kill {when}"
+        assert integrity == [("ok",)] and fk == []
     assert inside[2:] == [True, True, True], inside  # those kills hit the open write transaction
 
     result = ingest(read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet",
@@ -707,6 +741,26 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
     assert after["triggers"] == before["triggers"]
     assert set(orphans(catalog).values()) == {0}
     fts_integrity(catalog)
+
+
+def test_sigkill_during_commit_then_ingest_again(runner, tmp_path: Path, demo_manifests: Path,
+                                                 big_manifests: Path):
+    """Killed while COMMIT writes the database file: a hot journal is left; the next ingest must recover it."""
+    catalog = str(tmp_path / "commit.db")
+    ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), catalog)
+    before = sqlite_snapshot(catalog)
+    assert _kill_sqlite_ingest(big_manifests, catalog, tmp_path / "kill.log", at_commit=True)
+    assert _journal_is_hot(catalog)
+    shot, integrity, fk = _probe(catalog, tmp_path / "probe")
+    assert shot == before
+    assert integrity == [("ok",)] and fk == []
+    # The next ingest, straight away: as after any other kill, it completes.
+    r = runner.invoke(app, ["ingest", str(big_manifests), "--catalog", catalog])
+    assert r.exit_code == 0, r.output
+    assert f"{BIG_HAM} Hamiltonians and {BIG_ART} artifacts added" in r.output
+    _assert_big_complete(catalog)
+    assert sqlite_snapshot(catalog)["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert sql(catalog, "PRAGMA integrity_check") == [("ok",)]
 
 
 def _pg_write_lock_holders(uri: str) -> list[int]:

@@ -249,12 +249,18 @@ def test_stock_fallback_against_a_plain_tiled_server(tmp_path: Path, demo_manife
         assert (second.added_hamiltonians, second.existing_hamiltonians) == (0, 24)
         ds = from_uri(url, api_key=API_KEY)["NiPS3_per_artifact"]
         node = ds["H_NiPS3_00005"]
-        assert node.metadata["huid"] == "NiPS3_00005" and "sweepcat_incomplete" not in node.metadata
+        expected = m.ham.to_pandas().set_index("key").loc["H_NiPS3_00005"].to_dict()
+        assert dict(node.metadata) == expected
         import h5py
         import numpy as np
 
         with h5py.File(demo_root / "NiPS3_per_artifact" / "NiPS3_00005_rixs.h5", "r") as f:
             np.testing.assert_array_equal(node["rixs"].read(), f["RIXS"][()])
+        # an interruption between a Hamiltonian and its arrays: the next run completes it
+        node["xps"].delete()
+        third = register(m, url, API_KEY)
+        assert (third.added_hamiltonians, third.added_artifacts) == (0, 1)
+        assert sorted(ds["H_NiPS3_00005"]) == ["rixs", "xps"]
     finally:
         server.terminate()
         server.wait(timeout=15)

@@ -47,13 +47,13 @@ class Database:
     def close(self) -> None:
         raise NotImplementedError
 
-    def fetch_in(self, sql: str, values: Iterable[Any], chunk: int = 500) -> list[tuple]:
-        """``sql`` contains ``IN ({})``; run it over ``values`` in chunks."""
+    def fetch_in(self, sql: str, values: Iterable[Any], *leading: Any, chunk: int = 500) -> list[tuple]:
+        """``sql`` contains ``IN ({})`` after any ``leading`` parameters; run it over ``values`` in chunks."""
         values = list(values)
         out: list[tuple] = []
         for start in range(0, len(values), chunk):
             part = values[start:start + chunk]
-            out.extend(self.fetch(sql.format(",".join("?" * len(part))), *part))
+            out.extend(self.fetch(sql.format(",".join("?" * len(part))), *leading, *part))
         return out
 
     def __enter__(self) -> "Database":

@@ -176,7 +176,13 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
     may_disable_triggers = _lock(db)
     ds_id, old_md = _dataset_node(db, plan)
     ds_ancestors = db.fetch("SELECT ancestor, depth FROM nodes_closure WHERE descendant = ? ORDER BY ancestor", ds_id)
-    existing = {k: int(i) for k, i in db.fetch("SELECT key, id FROM nodes WHERE parent = ?", ds_id)}
+    if old_md is None:  # a new dataset node: nothing below it yet
+        existing: dict[str, int] = {}
+    elif prune:
+        existing = {k: int(i) for k, i in db.fetch("SELECT key, id FROM nodes WHERE parent = ?", ds_id)}
+    else:  # only this batch's keys: re-sending a batch stays cheap however large the dataset
+        existing = {k: int(i) for k, i in db.fetch_in("SELECT key, id FROM nodes WHERE parent = ? AND key IN ({})",
+                                                      plan.ham_keys.to_pylist() + [AXES_KEY], ds_id)}
     axes_container = existing.pop(AXES_KEY, None)
 
     ham_keys = plan.ham_keys
@@ -215,7 +221,7 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
     level3_start = next_node
 
     art_parent_ids = ham_ids[plan.art_parent]
-    art_new = _new_artifacts(db, ds_id, plan, art_parent_ids, present)
+    art_new = _new_artifacts(db, plan, art_parent_ids, present)
     n_art = int(art_new.sum())
     art_ids = np.arange(next_node, next_node + n_art)
     next_node += n_art
@@ -317,7 +323,7 @@ def _update_metadata(db: Database, ids: np.ndarray, metadata: pa.Array) -> int:
     return len(changed)
 
 
-def _new_artifacts(db: Database, ds_id: int, plan: IngestPlan, parent_ids: np.ndarray,
+def _new_artifacts(db: Database, plan: IngestPlan, parent_ids: np.ndarray,
                    ham_present: np.ndarray) -> np.ndarray:
     """Mask of artifact rows not yet in the catalog (new Hamiltonian, or a type it lacks)."""
     n = len(plan.art_type)
@@ -325,7 +331,8 @@ def _new_artifacts(db: Database, ds_id: int, plan: IngestPlan, parent_ids: np.nd
     under_existing = ham_present[plan.art_parent]
     if not under_existing.any():
         return new
-    rows = db.fetch("SELECT n.parent, n.key FROM nodes n JOIN nodes p ON n.parent = p.id WHERE p.parent = ?", ds_id)
+    parents = np.unique(parent_ids[under_existing]).tolist()
+    rows = db.fetch_in("SELECT parent, key FROM nodes WHERE parent IN ({})", parents)
     have = pa.array([f"{p}/{k}" for p, k in rows], pa.string())
     mine = pc.binary_join_element_wise(pc.cast(pa.array(parent_ids), pa.string()), plan.art_type, "/")
     found = np.asarray(pc.is_in(mine, value_set=have).to_numpy(zero_copy_only=False), dtype=bool)

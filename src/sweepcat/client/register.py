@@ -3,9 +3,9 @@
 The bulk route takes thousands of Hamiltonians per request; each request is
 one transaction on the server, and re-sending one is a no-op, so an
 interrupted run resumes by running it again. Against a plain Tiled server the
-stock client creates one node per request, from several threads; a
-Hamiltonian is marked incomplete until all its arrays exist, so a re-run
-finishes exactly the ones an interruption cut short.
+stock client creates one node per request, from several threads; a re-run
+lists the dataset once (with child counts) and finishes exactly the
+Hamiltonians an interruption cut short.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ..contract import Manifests, encode_batch, file_sha256
 from ..errors import SweepcatError
 
 Progress = Callable[[int, int], None]  # (hamiltonians done, nodes done) increments
-INCOMPLETE = "sweepcat_incomplete"
 
 
 @dataclass
@@ -187,10 +186,29 @@ def _register_bulk(http: _Http, m: Manifests, *, update: bool, prune: bool, batc
 # --------------------------------------------------------------------------- stock Tiled
 
 
+def _child_counts(url: str, api_key: str | None, dataset: str) -> dict[str, int]:
+    """Every Hamiltonian key of a dataset with its number of children, in pages (one request per 300)."""
+    headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+    counts: dict[str, int] = {}
+    offset = 0
+    with httpx.Client(headers=headers, timeout=120) as http:
+        while True:
+            r = http.get(f"{url.rstrip('/')}/api/v1/search/{dataset}",
+                         params={"page[offset]": offset, "page[limit]": 300, "fields": "structure"})
+            _raise_for(r, f"listing {dataset!r}")
+            data = r.json()["data"]
+            for item in data:
+                counts[item["id"]] = int((item["attributes"].get("structure") or {}).get("count") or 0)
+            if len(data) < 300:
+                return counts
+            offset += len(data)
+
+
 def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool, prune: bool, workers: int,
                     progress: Progress | None) -> RegisterResult:
+    """One request per node through Tiled's client. A Hamiltonian with fewer children than its
+    manifest lists (an interrupted run) is completed on the next run."""
     from tiled.client import from_uri
-    from tiled.queries import Key
 
     client = from_uri(url, api_key=api_key)
     d = m.description
@@ -199,50 +217,46 @@ def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool
         client.create_container(d.key, metadata={**d.metadata, "sweepcat": {"kind": "dataset", "label": d.label,
                                                                              "root": d.root}})
     ds = client[d.key]
-    existing = set(ds.keys())
-    incomplete = set(ds.search(Key(INCOMPLETE) == True).keys()) if existing else set()  # noqa: E712
+    counts = _child_counts(url, api_key, d.key)
     hams = m.ham.to_pylist()
     arts: dict[str, list[dict]] = {}
     for row in m.art.to_pylist():
         arts.setdefault(row["huid"], []).append(row)
-    todo = [h for h in hams if h["key"] not in existing or h["key"] in incomplete]
-    result.existing_hamiltonians = len(hams) - len(todo)
+    todo = [h for h in hams if counts.get(h["key"], -1) < len(arts.get(h["huid"], []))]
+    result.existing_hamiltonians = sum(1 for h in hams if h["key"] in counts)
 
     def one(h: dict) -> tuple[int, int]:
-        metadata = {k: v for k, v in h.items() if k != "key"}
         key = h["key"]
-        if key in existing:
+        if key in counts:
             node = ds[key]
             have = set(node.keys())
         else:
-            node = ds.create_container(key, metadata={**metadata, INCOMPLETE: True})
+            node = ds.create_container(key, metadata={k: v for k, v in h.items() if k != "key"})
             have = set()
         n_new = 0
         for a in arts.get(h["huid"], []):
-            if a["type"] in have:
-                continue
-            node.new("array", [_stock_data_source(d.root, a)], key=a["type"], metadata=_extra(a))
-            n_new += 1
-        node.replace_metadata(metadata)
-        return (0 if key in existing else 1), n_new
+            if a["type"] not in have:
+                node.new("array", [_stock_data_source(d.root, a)], key=a["type"], metadata=_extra(a))
+                n_new += 1
+        return (0 if key in counts else 1), n_new
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for new_ham, new_arts in pool.map(one, todo):
             result.added_hamiltonians += new_ham
             result.added_artifacts += new_arts
-            result.requests += 2 + new_arts
+            result.requests += new_ham + new_arts
             if progress:
                 progress(1, new_ham + new_arts)
     if update:
         for h in hams:
-            if h["key"] in existing and h["key"] not in incomplete:
+            if h["key"] in counts:
                 metadata = {k: v for k, v in h.items() if k != "key"}
                 if dict(ds[h["key"]].metadata) != metadata:
                     ds[h["key"]].replace_metadata(metadata)
                     result.updated += 1
     if prune:
         keep = set(m.ham.column("key").to_pylist())
-        for key in [k for k in ds.keys() if k not in keep and k != "_axes"]:
+        for key in [k for k in counts if k not in keep and k != "_axes"]:
             ds[key].delete(recursive=True)
             result.pruned += 1
     return result
