@@ -41,7 +41,6 @@ from tests.support.servers import API_KEY, clean_env, free_port, sweepcat_server
 from tests.test_catalog import expected_array, manifests_of
 
 MIMETYPE = "application/x-sliced-hdf5"
-REPO = Path(__file__).resolve().parents[1]
 BIG = "BigSweep"  # 8 files x 2,000 rows: 16,000 Hamiltonians, 32,000 artifacts
 BIG_HAM, BIG_ART = 16_000, 32_000
 
@@ -570,7 +569,7 @@ def _array_url(url: str, path: str) -> str:
     return f"{url}/api/v1/array/full/{path}"
 
 
-def test_api_key_is_required_to_read_and_to_write(small_catalog: Path):
+def test_api_key_is_required_to_read_arrays(small_catalog: Path):
     path = "NiPS3_per_entity/H_sim_00002/xps"
     with sweepcat_server(str(small_catalog)) as url:
         assert httpx.get(_array_url(url, path)).status_code == 401
@@ -810,8 +809,9 @@ def test_sigkill_during_ingest_leaves_postgres_catalog_as_it_was(postgres, tmp_p
     # Ids handed out later by Tiled itself (sequences) do not collide with the bulk-written ones.
     with connect(parse_catalog(uri)) as db:
         for table in ("nodes", "data_sources", "assets"):
-            seq = db.fetch(f"SELECT last_value FROM {db.fetch(f'SELECT pg_get_serial_sequence(?, ?)', table, 'id')[0][0]}")
-            assert seq[0][0] >= db.fetch(f"SELECT max(id) FROM {table}")[0][0], table
+            sequence = db.fetch("SELECT pg_get_serial_sequence(?, 'id')", table)[0][0]
+            (last,) = db.fetch(f"SELECT last_value FROM {sequence}")[0]
+            assert last >= db.fetch(f"SELECT max(id) FROM {table}")[0][0], table
 
 
 # --------------------------------------------------------------------------- 3. a live server during an ingest

@@ -349,6 +349,41 @@ def delete_cmd(
 READABLE_HELP = "Extra directory the server may read (repeatable), e.g. where `sweepcat register` will point."
 
 
+@app.command("reindex")
+def reindex_cmd(
+    dataset: Optional[str] = typer.Argument(None, help="Dataset key (default: every dataset)."),
+    catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
+) -> None:
+    """Rebuild the parameter search index from the Hamiltonians' metadata.
+
+    `ingest`, `register` and `delete` keep it in step; use this for datasets
+    registered by other tools, or if it ever drifts.
+
+    Example:  sweepcat reindex NiPS3_batched --catalog sweepcat.db
+    """
+    from .catalog.db import connect
+    from .catalog.params import reindex
+    from .catalog.query import list_datasets
+    from .catalog.schema import ensure_catalog, parse_catalog
+
+    with friendly_errors():
+        cat = parse_catalog(catalog)
+        ensure_catalog(cat, create=False)
+        with connect(cat) as db:
+            rows = db.fetch("SELECT key, id FROM nodes WHERE parent = 0 ORDER BY id")
+        known = {d.key for d in list_datasets(cat)}
+        targets = [(k, i) for k, i in rows if (dataset is None and k in known) or k == dataset]
+        if not targets:
+            raise SweepcatError(f"no dataset {dataset!r} in {cat.display}" if dataset else "no datasets to index",
+                                "check the key")
+        for key, node_id in targets:
+            with connect(cat) as db:
+                db.begin()
+                n = reindex(db, int(node_id), key)
+                db.commit()
+            out.print(f"{key}: indexed {n} Hamiltonians")
+
+
 def _server_config(catalog: str, public: bool, host: str, port: int,
                    readable: list[Path] | None = None) -> tuple[dict, str, bool]:
     import os

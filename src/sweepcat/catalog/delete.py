@@ -36,9 +36,14 @@ def plan_delete(cat: CatalogURI, dataset: str, key: str | None = None, type_: st
 
 def execute_delete(cat: CatalogURI, plan: DeletePlan) -> None:
     """One transaction; children, data sources and closure rows go by Tiled's ON DELETE CASCADE."""
+    from .params import table_name
+
     with connect(cat) as db:
         db.begin()
+        is_dataset = db.fetch("SELECT parent FROM nodes WHERE id = ?", plan.node_id)[0][0] == 0
         db.execute("DELETE FROM nodes WHERE id = ?", plan.node_id)
+        if is_dataset:  # its registry row went by cascade; its parameter table goes with it
+            db.execute(f"DROP TABLE IF EXISTS {table_name(plan.node_id)}")
         db.commit()
 
 

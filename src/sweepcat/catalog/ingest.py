@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from ..contract import Manifests, validate
 from ..errors import ContractError, SweepcatError
+from . import params
 from .db import Database, connect
 from .delete import delete_node_ids
 from .plan import AXES_KEY, IngestPlan, build_plan, compact_json, file_uri, structure_for
@@ -308,6 +309,17 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
             db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                        f"(SELECT COALESCE(MAX(id), 1) FROM {table}))")
     result.phases["closure_fts"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    columns = params.ensure_tables(db, ds_id, plan.dataset_key, params.searchable_columns(plan.ham, db.dialect))
+    params.write_rows(db, ds_id, ham_ids[new_ham], plan.ham.take(pa.array(new_ham)), columns)
+    if update and present.any():
+        where = np.flatnonzero(present)
+        params.write_rows(db, ds_id, ham_ids[where], plan.ham.take(pa.array(where)), columns, upsert=True)
+    params.ensure_indexes(db, ds_id, columns)
+    if len(new_ham) or n_art or result.updated or result.pruned or not old_md:
+        params.bump(db, ds_id)
+    result.phases["parameters"] = time.perf_counter() - t
 
     result.added_hamiltonians = len(new_ham)
     result.added_artifacts = n_art

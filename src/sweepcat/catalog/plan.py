@@ -130,6 +130,7 @@ class IngestPlan:
     types: dict[str, TypePlan]
     axes: dict[str, dict[str, str]]  # shared axes: name -> {file, dataset}
     root: str
+    ham: pa.Table  # the Hamiltonians manifest (parameters for the search table)
 
 
 def parameter_summary(ham: pa.Table) -> dict[str, dict[str, Any]]:
@@ -224,4 +225,5 @@ def build_plan(manifests: Manifests) -> IngestPlan:
         types=types,
         axes=dict(d.shared_axes),
         root=d.root,
+        ham=ham,
     )

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/sweepcat")
 
 MAX_BATCH_BYTES = int(os.environ.get("SWEEPCAT_MAX_BATCH_BYTES", str(256 * 1024 * 1024)))
 MAX_BATCH_ROWS = int(os.environ.get("SWEEPCAT_MAX_BATCH_ROWS", "200000"))
+MAX_READ_BYTES = int(os.environ.get("SWEEPCAT_MAX_READ_BYTES", str(512 * 1024 * 1024)))
 REGISTER_SCOPES = ["write:metadata", "create:node", "register"]
 
 
@@ -52,7 +53,7 @@ async def info(request: Request, root_tree: Any = Depends(get_root_tree),
                _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
     cat = catalog_of(root_tree)
     return {"sweepcat": __version__, "catalog": cat.dialect, "max_batch_bytes": MAX_BATCH_BYTES,
-            "max_batch_rows": MAX_BATCH_ROWS}
+            "max_batch_rows": MAX_BATCH_ROWS, "max_read_bytes": MAX_READ_BYTES}
 
 
 @router.post("/register")
@@ -108,3 +109,160 @@ async def prune(dataset: str, request: Request, root_tree: Any = Depends(get_roo
     except SweepcatError as exc:
         raise _error(exc, 404) from None
     return {"dataset": dataset, "pruned": removed}
+
+
+# --------------------------------------------------------------------------- search and batch access
+
+import io  # noqa: E402
+import threading  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from fastapi.responses import Response  # noqa: E402
+
+from ..catalog.index import DatasetIndex, IndexCache  # noqa: E402
+from ..query import QueryError  # noqa: E402
+from .adapter import FILES  # noqa: E402
+
+MAX_PAGE = 10_000
+_caches: dict[str, IndexCache] = {}
+_caches_lock = threading.Lock()
+
+
+def index_cache(root_tree: Any) -> IndexCache:
+    cat = catalog_of(root_tree)
+    with _caches_lock:
+        cache = _caches.get(cat.uri)
+        if cache is None:
+            cache = _caches[cat.uri] = IndexCache(cat)
+        return cache
+
+
+def _dataset(cache: IndexCache, dataset: str) -> DatasetIndex:
+    try:
+        return cache.get(dataset)
+    except LookupError:
+        raise HTTPException(status_code=404, detail={"message": f"no dataset {dataset!r}",
+                                                     "hint": "list them at /api/v1/sweepcat/datasets"}) from None
+    except SweepcatError as exc:
+        raise _error(exc, 404) from None
+
+
+def _rows(index: DatasetIndex, query: str | None) -> np.ndarray:
+    try:
+        return index.select(query)
+    except QueryError as exc:
+        raise _error(exc, 400) from None
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    return await anyio.to_thread.run_sync(partial(fn, *args))
+
+
+def _arrow(table: pa.Table) -> Response:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return Response(sink.getvalue(), media_type="application/vnd.apache.arrow.stream")
+
+
+@router.get("/datasets")
+async def datasets(root_tree: Any = Depends(get_root_tree),
+                   _: Any = Security(check_scopes, scopes=["read:metadata"])) -> list[dict[str, Any]]:
+    return await _in_thread(index_cache(root_tree).datasets)
+
+
+@router.get("/search/{dataset}")
+async def search(dataset: str, q: str | None = Query(None, max_length=10_000), offset: int = Query(0, ge=0),
+                 limit: int = Query(100, ge=0, le=MAX_PAGE), root_tree: Any = Depends(get_root_tree),
+                 _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
+    """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``)."""
+    def run() -> dict[str, Any]:
+        index = _dataset(index_cache(root_tree), dataset)
+        rows = _rows(index, q)
+        page = rows[offset:offset + limit]
+        return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
+                "keys": index.table.key[page].tolist()}
+    return await _in_thread(run)
+
+
+@router.get("/facets/{dataset}")
+async def facets(dataset: str, param: str, q: str | None = Query(None, max_length=10_000),
+                 bins: int = Query(20, ge=1, le=1000), root_tree: Any = Depends(get_root_tree),
+                 _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
+    """min, max and a histogram of ``param`` over the Hamiltonians matching ``q``."""
+    def run() -> dict[str, Any]:
+        index = _dataset(index_cache(root_tree), dataset)
+        try:
+            return index.facets(_rows(index, q), param, bins)
+        except QueryError as exc:
+            raise _error(exc, 400) from None
+    return await _in_thread(run)
+
+
+@router.get("/params/{dataset}")
+async def params_route(dataset: str, q: str | None = Query(None, max_length=10_000),
+                       offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=0),
+                       root_tree: Any = Depends(get_root_tree),
+                       _: Any = Security(check_scopes, scopes=["read:metadata"])) -> Response:
+    """Every matching Hamiltonian's parameters (or a page of them), as one Arrow table."""
+    def run() -> Response:
+        index = _dataset(index_cache(root_tree), dataset)
+        rows = _rows(index, q)
+        return _arrow(index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit]))
+    return await _in_thread(run)
+
+
+@router.get("/locators/{dataset}")
+async def locators(dataset: str, q: str | None = Query(None, max_length=10_000), type: str | None = None,
+                   root_tree: Any = Depends(get_root_tree),
+                   _: Any = Security(check_scopes, scopes=["read:metadata"])) -> Response:
+    """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table."""
+    def run() -> Response:
+        cache = index_cache(root_tree)
+        index = _dataset(cache, dataset)
+        try:
+            return _arrow(index.locator_table(cache.db(), _rows(index, q), type))
+        except QueryError as exc:
+            raise _error(exc, 400) from None
+    return await _in_thread(run)
+
+
+@router.get("/read/{dataset}")
+async def read(dataset: str, type: str, q: str | None = Query(None, max_length=10_000),
+               offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=0),
+               root_tree: Any = Depends(get_root_tree),
+               _: Any = Security(check_scopes, scopes=["read:data"])) -> Response:
+    """Stacked arrays ``(n, *shape)`` of one artifact type for the matching Hamiltonians (a page of them).
+
+    Rows are grouped by file and read in index order, each file opened once.
+    Responses above the size limit are refused with the page size to use.
+    """
+    def run() -> Response:
+        cache = index_cache(root_tree)
+        index = _dataset(cache, dataset)
+        rows = _rows(index, q)
+        page = rows[offset:] if limit is None else rows[offset:offset + limit]
+        try:
+            t = index.types(cache.db()).get(type)
+            if t is None:
+                raise QueryError(f"unknown artifact type {type!r}",
+                                 f"types of {dataset}: {', '.join(index.types(cache.db()))}")
+            row_bytes = int(np.prod(t.shape)) * t.dtype.itemsize
+            if len(page) * row_bytes > MAX_READ_BYTES:
+                fit = max(1, MAX_READ_BYTES // max(1, row_bytes))
+                raise HTTPException(status_code=413, detail={
+                    "message": f"{len(page)} arrays of {row_bytes} bytes exceed the {MAX_READ_BYTES}-byte response "
+                               "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
+                    "page_limit": fit})
+            array = index.read(cache.db(), page, type, opener=FILES.get, close=False)
+        except QueryError as exc:
+            raise _error(exc, 400) from None
+        except SweepcatError as exc:
+            raise _error(exc, 404) from None
+        headers = {"x-sweepcat-shape": ",".join(map(str, array.shape)), "x-sweepcat-dtype": array.dtype.str,
+                   "x-sweepcat-total": str(len(rows)), "x-sweepcat-offset": str(offset)}
+        return Response(np.ascontiguousarray(array).tobytes(), media_type="application/octet-stream",
+                        headers=headers)
+    return await _in_thread(run)
+

@@ -1,0 +1,228 @@
+"""The read side of the catalog for search and batch access.
+
+A dataset's parameter table (see ``params``) and its locators are loaded once
+per dataset *version* into numpy columns; queries, facets, locator tables and
+stacked reads then cost array operations, not SQL scans. Each request checks
+the version with one indexed lookup, so a commit by `ingest`, `register` or a
+delete is seen by the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .. import query as q
+from ..errors import SweepcatError
+from ..h5read import read_stacked
+from . import params
+from .db import Database, connect
+from .schema import MIMETYPE, CatalogURI
+
+
+@dataclass
+class TypeLocators:
+    """Where each Hamiltonian's artifact of one type lives, aligned with the parameter rows."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    dims: tuple[str, ...] | None
+    paths: list[str]
+    file_idx: np.ndarray  # int32 per row; -1: this Hamiltonian has no such artifact
+    datasets: np.ndarray  # object per row
+    indices: np.ndarray  # int64 per row; -1: whole dataset
+
+
+@dataclass
+class DatasetIndex:
+    key: str
+    dataset_id: int
+    version: int
+    metadata: dict[str, Any]
+    table: params.ParamTable
+    _types: dict[str, TypeLocators] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def parameters(self) -> list[str]:
+        return list(self.table.columns)
+
+    def select(self, text: str | None) -> np.ndarray:
+        """Row positions matching a query (all rows for None/empty), in listing order."""
+        n = len(self.table)
+        if not text or not text.strip():
+            return np.arange(n)
+        node = q.parse(text)
+        q.check_names(node, ["key", *self.parameters], text)
+        columns = {**self.table.columns, "key": self.table.key}
+        return np.flatnonzero(q.evaluate(node, columns, n))
+
+    def facets(self, rows: np.ndarray, name: str, bins: int = 20) -> dict[str, Any]:
+        if name not in self.table.columns:
+            raise q.QueryError(f"unknown parameter {name!r}", f"valid parameters: {', '.join(self.parameters)}")
+        col = self.table.columns[name]
+        if col.dtype.kind != "f":
+            values, counts = np.unique(col[rows].astype(str), return_counts=True)
+            return {"name": name, "count": int(len(rows)), "distinct": dict(zip(values.tolist(), counts.tolist()))}
+        values = col[rows]
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return {"name": name, "count": 0, "min": None, "max": None, "histogram": {"edges": [], "counts": []}}
+        counts, edges = np.histogram(values, bins=max(1, min(int(bins), 1000)))
+        return {"name": name, "count": int(len(values)), "min": float(values.min()), "max": float(values.max()),
+                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+    def params_table(self, rows: np.ndarray) -> pa.Table:
+        data = {"key": pa.array(self.table.key[rows].tolist(), pa.string())}
+        for name, col in self.table.columns.items():
+            part = col[rows]
+            data[name] = pa.array(part, mask=np.isnan(part)) if part.dtype.kind == "f" else pa.array(part.tolist())
+        return pa.table(data)
+
+    # ---- locators
+
+    def types(self, db: Database) -> dict[str, TypeLocators]:
+        with self._lock:
+            if self._types is None:
+                self._types = _load_locators(db, self)
+            return self._types
+
+    def locator_table(self, db: Database, rows: np.ndarray, type_: str | None = None) -> pa.Table:
+        types = self.types(db)
+        if type_ is not None and type_ not in types:
+            raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
+        parts = []
+        for name, t in types.items():
+            if type_ is not None and name != type_:
+                continue
+            fi = t.file_idx[rows]
+            keep = fi >= 0
+            sel = rows[keep]
+            paths = np.asarray(t.paths, dtype=object)[fi[keep]] if len(t.paths) else np.array([], dtype=object)
+            idx = t.indices[sel]
+            ds = t.datasets[sel]
+            quoted = np.array([urllib.parse.quote(p) for p in t.paths], dtype=object)
+            urls = [f"file://{u}#{urllib.parse.quote(str(d), safe='/_-.~')}" + (f"[{i}]" if i >= 0 else "")
+                    for u, d, i in zip(quoted[fi[keep]] if len(t.paths) else [], ds, idx)]
+            parts.append(pa.table({
+                "key": pa.array(self.table.key[sel].tolist(), pa.string()),
+                "huid": pa.array(self.table.columns["huid"][sel].tolist(), pa.string())
+                if "huid" in self.table.columns else pa.nulls(len(sel), pa.string()),
+                "type": pa.array([name] * len(sel), pa.string()),
+                "file": pa.array(paths.tolist(), pa.string()),
+                "dataset": pa.array(ds.tolist(), pa.string()),
+                "index": pa.array(idx, mask=idx < 0, type=pa.int64()),
+                "url": pa.array(urls, pa.string()),
+            }))
+        if not parts:
+            return pa.table({"key": [], "huid": [], "type": [], "file": [], "dataset": [], "index": [], "url": []})
+        return pa.concat_tables(parts)
+
+    def read(self, db: Database, rows: np.ndarray, type_: str, opener: Any = None, close: bool = True) -> np.ndarray:
+        types = self.types(db)
+        if type_ not in types:
+            raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
+        t = types[type_]
+        fi = t.file_idx[rows]
+        if (fi < 0).any():
+            missing = self.table.key[rows[fi < 0]][:5].tolist()
+            raise SweepcatError(f"{self.key}: Hamiltonians without a {type_!r} artifact: {', '.join(missing)}",
+                                f"narrow the query to Hamiltonians that have {type_!r}")
+        return read_stacked(t.paths, fi, t.datasets[rows], t.indices[rows], t.shape, t.dtype,
+                            opener=opener, close=close)
+
+
+def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]:
+    from tiled.structures.array import ArrayStructure
+    from tiled.utils import path_from_uri
+
+    rows = db.fetch(
+        "SELECT n.parent, n.key, ds.parameters, a.data_uri, st.structure FROM nodes p "
+        "JOIN nodes n ON n.parent = p.id JOIN data_sources ds ON ds.node_id = n.id "
+        "JOIN structures st ON st.id = ds.structure_id "
+        "JOIN data_source_asset_association x ON x.data_source_id = ds.id AND x.parameter = 'data_uri' "
+        "JOIN assets a ON a.id = x.asset_id WHERE p.parent = ? AND ds.mimetype = ?", index.dataset_id, MIMETYPE)
+    position = {int(node): i for i, node in enumerate(index.table.node_id.tolist())}
+    n = len(index.table)
+    out: dict[str, TypeLocators] = {}
+    path_ids: dict[str, dict[str, int]] = {}
+    for parent, type_, parameters, uri, structure in rows:
+        pos = position.get(int(parent))
+        if pos is None:
+            continue  # not a Hamiltonian of the index (e.g. the shared axes)
+        t = out.get(type_)
+        if t is None:
+            s = ArrayStructure.from_json(json.loads(structure) if isinstance(structure, str) else structure)
+            t = TypeLocators(type_, tuple(s.shape), s.data_type.to_numpy_dtype(), tuple(s.dims) if s.dims else None,
+                             [], np.full(n, -1, np.int32), np.full(n, "", dtype=object), np.full(n, -1, np.int64))
+            out[type_] = t
+            path_ids[type_] = {}
+        ids = path_ids[type_]
+        if uri not in ids:
+            ids[uri] = len(t.paths)
+            t.paths.append(str(path_from_uri(uri)))
+        p = json.loads(parameters) if isinstance(parameters, str) else parameters
+        t.file_idx[pos] = ids[uri]
+        t.datasets[pos] = p.get("dataset", "/")
+        t.indices[pos] = -1 if p.get("index") is None else int(p["index"])
+    return out
+
+
+class IndexCache:
+    """Per-dataset indexes, reloaded when the dataset's version changes; one DB connection per thread."""
+
+    def __init__(self, cat: CatalogURI):
+        self.cat = cat
+        self._local = threading.local()
+        self._indexes: dict[str, DatasetIndex] = {}
+        self._lock = threading.Lock()
+
+    def db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.cat)
+            self._local.db = db
+        return db
+
+    def get(self, dataset: str) -> DatasetIndex:
+        db = self.db()
+        reg = params.registry(db, dataset)
+        if reg is None:
+            exists = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset)
+            if not exists:
+                raise LookupError(dataset)
+            raise SweepcatError(f"dataset {dataset!r} has no parameter index (registered by another tool?)",
+                                f"build it with `sweepcat reindex {dataset} --catalog ...`")
+        dataset_id, version, columns = reg
+        cached = self._indexes.get(dataset)
+        if cached is not None and cached.version == version and cached.dataset_id == dataset_id:
+            return cached
+        table = params.load(db, dataset_id, version, columns)
+        md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", dataset_id)[0][0]
+        md = json.loads(md) if isinstance(md, str) else md
+        index = DatasetIndex(dataset, dataset_id, version, md, table)
+        with self._lock:
+            self._indexes[dataset] = index
+        return index
+
+    def datasets(self) -> list[dict[str, Any]]:
+        db = self.db()
+        rows = db.fetch("SELECT key, metadata FROM nodes WHERE parent = 0 ORDER BY id")
+        out = []
+        for key, md in rows:
+            md = json.loads(md) if isinstance(md, str) else (md or {})
+            sc = md.get("sweepcat") if isinstance(md, dict) else None
+            if not sc or sc.get("kind") != "dataset":
+                continue
+            counts = (sc.get("provenance") or {}).get("catalog_counts") or {}
+            out.append({"key": key, "label": sc.get("label", key), "hamiltonians": counts.get("hamiltonians"),
+                        "artifacts": sc.get("artifacts", {}), "parameters": sc.get("parameters", {}),
+                        "shared_axes": sc.get("shared_axes", {}), "root": sc.get("root")})
+        return out

@@ -1,0 +1,193 @@
+"""A typed, indexed table of each dataset's parameters, inside the catalog database.
+
+Tiled keeps parameters as JSON metadata, which range queries scan row by row.
+sweepcat keeps, beside it, one table per dataset (``sweepcat_p_<dataset node
+id>``: node id, key, one typed column per parameter, an index per column),
+written in the same transaction as the nodes. Rows reference ``nodes(id)``
+with ON DELETE CASCADE, so whoever deletes a Hamiltonian (sweepcat, or Tiled's
+own API) removes its row too; a delete trigger bumps the dataset's version in
+``sweepcat_datasets`` so that servers know to reload their in-memory copy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import SweepcatError
+from .db import Database
+
+REGISTRY = "sweepcat_datasets"
+
+
+def table_name(dataset_id: int) -> str:
+    return f"sweepcat_p_{int(dataset_id)}"
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(t: pa.DataType, dialect: str) -> str | None:
+    if pa.types.is_floating(t):
+        return "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "BIGINT" if dialect == "postgresql" else "INTEGER"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "TEXT"
+    return None  # nested values are metadata, not search columns
+
+
+def searchable_columns(ham: pa.Table, dialect: str) -> dict[str, str]:
+    """Parameter name -> SQL type, for the columns a query can name (huid included)."""
+    out = {}
+    for name in ham.column_names:
+        if name == "key":
+            continue
+        kind = sql_type(ham.schema.field(name).type, dialect)
+        if kind is not None:
+            out[name] = kind
+    return out
+
+
+def _ensure_registry(db: Database) -> None:
+    db.execute(f"CREATE TABLE IF NOT EXISTS {REGISTRY} (dataset_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
+               "ON DELETE CASCADE, key TEXT NOT NULL, table_name TEXT NOT NULL, columns TEXT NOT NULL, "
+               "version BIGINT NOT NULL DEFAULT 0)")
+
+
+def ensure_tables(db: Database, dataset_id: int, dataset_key: str, columns: dict[str, str]) -> list[str]:
+    """Create (or widen) the dataset's parameter table; returns its columns in order.
+
+    Indexes come separately (``ensure_indexes``), after the rows: an index built
+    over loaded rows is sorted once instead of maintained row by row."""
+    t = table_name(dataset_id)
+    _ensure_registry(db)
+    row = db.fetch(f"SELECT columns FROM {REGISTRY} WHERE dataset_id = ?", dataset_id)
+    known: dict[str, str] = json.loads(row[0][0]) if row else {}
+    if not row:
+        db.execute(f"CREATE TABLE IF NOT EXISTS {t} (node_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
+                   "ON DELETE CASCADE, key TEXT NOT NULL)")
+        _delete_trigger(db, dataset_id)
+        db.execute(f"INSERT INTO {REGISTRY} (dataset_id, key, table_name, columns, version) VALUES (?, ?, ?, '{{}}', 0)",
+                   dataset_id, dataset_key, t)
+    for name, kind in columns.items():
+        if name not in known:
+            db.execute(f"ALTER TABLE {t} ADD COLUMN {quote(name)} {kind}")
+            known[name] = kind
+    db.execute(f"UPDATE {REGISTRY} SET columns = ? WHERE dataset_id = ?", json.dumps(known), dataset_id)
+    return list(known)
+
+
+def ensure_indexes(db: Database, dataset_id: int, columns: list[str]) -> None:
+    t = table_name(dataset_id)
+    for name in columns:
+        db.execute(f"CREATE INDEX IF NOT EXISTS {quote(f'{t}_{name}')} ON {t} ({quote(name)})")
+
+
+def _delete_trigger(db: Database, dataset_id: int) -> None:
+    t = table_name(dataset_id)
+    bump = f"UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id = {int(dataset_id)}"
+    if db.dialect == "sqlite":
+        db.execute(f"CREATE TRIGGER IF NOT EXISTS {t}_deleted AFTER DELETE ON {t} BEGIN {bump}; END")
+    else:
+        db.execute(f"CREATE OR REPLACE FUNCTION {t}_bump() RETURNS trigger AS $$ BEGIN {bump}; RETURN NULL; END; "
+                   "$$ LANGUAGE plpgsql")
+        db.execute(f"CREATE TRIGGER {t}_deleted AFTER DELETE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {t}_bump()")
+
+
+def bump(db: Database, dataset_id: int) -> None:
+    db.execute(f"UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id = ?", dataset_id)
+
+
+def write_rows(db: Database, dataset_id: int, node_ids: np.ndarray, ham: pa.Table, columns: list[str],
+               *, upsert: bool = False) -> None:
+    """Insert (or, with ``upsert``, replace) one row per Hamiltonian."""
+    if not len(node_ids):
+        return
+    t = table_name(dataset_id)
+    present = [c for c in columns if c in ham.column_names]
+    cols = ["node_id", "key", *present]
+    values = [np.asarray(node_ids, dtype=np.int64).tolist(), ham.column("key").to_pylist()]
+    for c in present:
+        col = ham.column(c)
+        values.append(col.cast(pa.int64()).to_pylist() if pa.types.is_boolean(col.type) else col.to_pylist())
+    rows = list(zip(*values))
+    if upsert:
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols[1:])
+        db.executemany(f"INSERT INTO {t} ({', '.join(map(quote, cols))}) VALUES ({', '.join('?' * len(cols))}) "
+                       f"ON CONFLICT (node_id) DO UPDATE SET {sets}", rows)
+    else:
+        db.copy(t, [quote(c) if db.dialect == "sqlite" else c for c in cols], rows)
+
+
+@dataclass
+class ParamTable:
+    """A dataset's parameters as numpy columns, rows in node-id (listing) order."""
+
+    dataset_id: int
+    version: int
+    node_id: np.ndarray
+    key: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.node_id)
+
+
+def registry(db: Database, dataset_key: str) -> tuple[int, int, list[str]] | None:
+    """(dataset id, version, column names) of a dataset's parameter table, or None."""
+    exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", REGISTRY)
+              if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", REGISTRY))
+    if not exists or exists[0][0] is None:
+        return None
+    row = db.fetch(f"SELECT r.dataset_id, r.version, r.columns FROM {REGISTRY} r JOIN nodes n ON n.id = r.dataset_id "
+                   "WHERE n.parent = 0 AND n.key = ?", dataset_key)
+    if not row:
+        return None
+    return int(row[0][0]), int(row[0][1]), list(json.loads(row[0][2]))
+
+
+def load(db: Database, dataset_id: int, version: int, column_names: list[str]) -> ParamTable:
+    t = table_name(dataset_id)
+    rows = db.fetch(f"SELECT node_id, key{''.join(', ' + quote(c) for c in column_names)} FROM {t} ORDER BY node_id")
+    node_id = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    key = np.array([r[1] for r in rows], dtype=object)
+    columns = {}
+    for j, name in enumerate(column_names, start=2):
+        values = [r[j] for r in rows]
+        numeric = [v for v in values if v is not None]
+        if numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numeric):
+            columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        else:
+            columns[name] = np.array(values, dtype=object)
+    return ParamTable(dataset_id, version, node_id, key, columns)
+
+
+def reindex(db: Database, dataset_id: int, dataset_key: str) -> int:
+    """Rebuild a dataset's parameter table from the Hamiltonians' metadata (if ever out of step)."""
+    rows = db.fetch("SELECT id, key, metadata FROM nodes WHERE parent = ? AND key != '_axes' ORDER BY id", dataset_id)
+    records = []
+    for node_id, key, md in rows:
+        md = json.loads(md) if isinstance(md, str) else (md or {})
+        records.append({"node_id": node_id, "key": key, **{k: v for k, v in md.items()
+                                                          if isinstance(v, (int, float, str, bool)) or v is None}})
+    if not records:
+        raise SweepcatError(f"dataset {dataset_key!r} has no Hamiltonians to index", "ingest or register it first")
+    table = pa.Table.from_pylist(records)
+    t = table_name(dataset_id)
+    _ensure_registry(db)
+    db.execute(f"DROP TABLE IF EXISTS {t}")
+    db.execute(f"DELETE FROM {REGISTRY} WHERE dataset_id = ?", dataset_id)
+    ham = table.drop(["node_id"])
+    columns = ensure_tables(db, dataset_id, dataset_key, searchable_columns(ham, db.dialect))
+    write_rows(db, dataset_id, table.column("node_id").to_numpy(), ham, columns)
+    ensure_indexes(db, dataset_id, columns)
+    bump(db, dataset_id)
+    return table.num_rows
+
+

@@ -1,0 +1,184 @@
+"""Where a client's answers come from: a sweepcat server over HTTP, or a catalog file read directly."""
+
+from __future__ import annotations
+
+import io
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pyarrow as pa
+
+from ..errors import SweepcatError
+
+
+class HttpBackend:
+    """A server running `sweepcat serve` (Tiled with sweepcat's routes)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300.0):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+        self.http = httpx.Client(headers=headers, timeout=timeout)
+        self._info: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get a fresh connection
+        return {"url": self.url, "api_key": self.api_key}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["api_key"])  # type: ignore[misc]
+
+    @property
+    def where(self) -> str:
+        return self.url
+
+    def _get(self, path: str, **params: Any) -> Any:
+        r = self.http.get(f"{self.url}/api/v1/sweepcat{path}", params={k: v for k, v in params.items()
+                                                                         if v is not None})
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text
+            if r.status_code == 401:
+                raise SweepcatError(f"{self.url}: the server refused the API key (401)",
+                                    "pass api_key=... (the key `sweepcat serve` printed)")
+            if r.status_code == 404 and detail == "Not Found":
+                raise SweepcatError(f"{self.url} has no sweepcat routes (a plain Tiled server?)",
+                                    "serve the catalog with `sweepcat serve`")
+            if isinstance(detail, dict):
+                raise SweepcatError(f"{detail.get('message')} (HTTP {r.status_code})", detail.get("hint"))
+            raise SweepcatError(f"{self.url}{path}: HTTP {r.status_code}: {detail}", "see the server log")
+        return r
+
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self._get("/info").json()
+        return self._info
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._get("/datasets").json()
+
+    def search(self, ds: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+        return self._get(f"/search/{_seg(ds)}", q=q, offset=offset, limit=limit).json()
+
+    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None) -> pa.Table:
+        return _table(self._get(f"/params/{_seg(ds)}", q=q, offset=offset, limit=limit).content)
+
+    def locators(self, ds: str, q: str | None, type_: str | None) -> pa.Table:
+        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_).content)
+
+    def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
+        return self._get(f"/facets/{_seg(ds)}", q=q, param=param, bins=bins).json()
+
+    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
+             total: int) -> np.ndarray:
+        """All matches, in pages that fit the server's response limit, into one preallocated array."""
+        out = np.empty((total, *shape), dtype=dtype)
+        row_bytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        page = max(1, min(self.info().get("max_read_bytes", 1 << 29), 64 << 20) // row_bytes)
+        for offset in range(0, total, page):
+            r = self._get(f"/read/{_seg(ds)}", q=q, type=type_, offset=offset, limit=page)
+            got = np.frombuffer(r.content, dtype=np.dtype(r.headers["x-sweepcat-dtype"]))
+            n = int(r.headers["x-sweepcat-shape"].split(",")[0])
+            out[offset:offset + n] = got.reshape((n, *shape))
+        return out
+
+    def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        path = "/".join(_seg(s) for s in (ds, key, type_))
+        r = self.http.get(f"{self.url}/api/v1/array/full/{path}", headers={"Accept": "application/octet-stream"})
+        if r.status_code >= 400:
+            raise SweepcatError(f"{ds}/{key}/{type_}: HTTP {r.status_code}: {r.text[:200]}", "see the server log")
+        return np.frombuffer(r.content, dtype=dtype).reshape(shape)
+
+    def axis(self, ds: str, name: str, info: dict[str, Any]) -> np.ndarray:
+        r = self.http.get(f"{self.url}/api/v1/array/full/{_seg(ds)}/_axes/{_seg(name)}",
+                          headers={"Accept": "application/json"}, params={"format": "application/json"})
+        if r.status_code >= 400:
+            raise SweepcatError(f"{ds}/_axes/{name}: HTTP {r.status_code}", "re-ingest the dataset")
+        return np.asarray(r.json())
+
+
+class LocalBackend:
+    """A catalog database read directly (SQLite file or PostgreSQL URI); no server needed."""
+
+    def __init__(self, catalog: str):
+        from ..catalog.index import IndexCache
+        from ..catalog.schema import ensure_catalog, parse_catalog
+
+        self.catalog = catalog
+        cat = parse_catalog(catalog)
+        ensure_catalog(cat, create=False)
+        self.cache = IndexCache(cat)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"catalog": self.catalog}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["catalog"])  # type: ignore[misc]
+
+    @property
+    def where(self) -> str:
+        return self.cache.cat.display
+
+    def _index(self, ds: str) -> Any:
+        try:
+            return self.cache.get(ds)
+        except LookupError:
+            raise SweepcatError(f"no dataset {ds!r} in {self.where}", "list them with cat.keys()") from None
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self.cache.datasets()
+
+    def search(self, ds: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+        index = self._index(ds)
+        rows = index.select(q)
+        return {"count": int(len(rows)), "keys": index.table.key[rows[offset:offset + limit]].tolist()}
+
+    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None) -> pa.Table:
+        index = self._index(ds)
+        rows = index.select(q)
+        return index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit])
+
+    def locators(self, ds: str, q: str | None, type_: str | None) -> pa.Table:
+        index = self._index(ds)
+        return index.locator_table(self.cache.db(), index.select(q), type_)
+
+    def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
+        index = self._index(ds)
+        return index.facets(index.select(q), param, bins)
+
+    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
+             total: int) -> np.ndarray:
+        index = self._index(ds)
+        return index.read(self.cache.db(), index.select(q), type_)
+
+    def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        index = self._index(ds)
+        rows = np.flatnonzero(index.table.key == key)
+        return index.read(self.cache.db(), rows, type_)[0]
+
+    def axis(self, ds: str, name: str, info: dict[str, Any]) -> np.ndarray:
+        ax = (info.get("shared_axes") or {}).get(name)
+        if not ax:
+            raise SweepcatError(f"{ds}: no shared axis {name!r}", "re-ingest with the axis in the spec")
+        with h5py.File(Path(info["root"]) / ax["file"], "r") as f:
+            return f[ax["dataset"]][()]
+
+
+def _seg(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
+def _table(content: bytes) -> pa.Table:
+    return pa.ipc.open_stream(io.BytesIO(content)).read_all()
+
+
+def backend_for(target: str, api_key: str | None) -> HttpBackend | LocalBackend:
+    if target.startswith(("http://", "https://")):
+        return HttpBackend(target, api_key)
+    return LocalBackend(target)

@@ -1,0 +1,295 @@
+"""The parameter query language, for people: parsed, validated, evaluated column-wise.
+
+    tenDq > 1 and F2_dd < 3
+    soc_c in (1, 2)
+    tenDq between 1 and 2.5 and not (xoffset >= 4 or huid == "NiPS3_random_rank0000_0003")
+
+Grammar (keywords case-insensitive):
+
+    expr    := term ("or" term)*
+    term    := factor ("and" factor)*
+    factor  := "not" factor | "(" expr ")" | test
+    test    := NAME op value | NAME ["not"] "in" "(" value ("," value)* ")" | NAME "between" value "and" value
+    op      := "<" | "<=" | ">" | ">=" | "==" | "=" | "!="
+    value   := number | "string" | 'string' | true | false
+
+A query is evaluated on numpy columns; nothing is ever pasted into SQL.
+Shared by the server (search routes) and the client (direct catalog access).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+from .errors import SweepcatError
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+  | (?P<op><=|>=|==|!=|<|>|=)
+  | (?P<punct>[(),])
+  | (?P<name>[A-Za-z_][A-Za-z0-9_.]*)
+""", re.X)
+KEYWORDS = {"and", "or", "not", "in", "between", "true", "false"}
+MAX_LENGTH = 10_000
+
+
+class QueryError(SweepcatError):
+    """A query that cannot be parsed or names an unknown parameter (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Compare:
+    name: str
+    op: str  # < <= > >= == !=
+    value: Any
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    values: tuple[Any, ...]
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class Between:
+    name: str
+    low: Any
+    high: Any
+
+
+@dataclass(frozen=True)
+class Not:
+    item: "Node"
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and" | "or"
+    items: tuple["Node", ...]
+
+
+Node = Union[Compare, Member, Between, Not, BoolOp]
+
+
+def _tokens(text: str) -> list[tuple[str, str, int]]:
+    out, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise QueryError(f"query {text!r}: unexpected character {text[pos]!r} at position {pos}",
+                             "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
+        kind = m.lastgroup
+        if kind != "ws":
+            value = m.group()
+            if kind == "name" and value.lower() in KEYWORDS:
+                kind, value = "kw", value.lower()
+            out.append((kind, value, pos))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str):
+        if len(text) > MAX_LENGTH:
+            raise QueryError(f"query of {len(text)} characters is longer than {MAX_LENGTH}", "shorten it")
+        self.text = text
+        self.toks = _tokens(text)
+        self.i = 0
+
+    def fail(self, what: str) -> QueryError:
+        at = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
+        return QueryError(f"query {self.text!r}: {what} at position {at}",
+                          "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i][:2] if self.i < len(self.toks) else None
+
+    def take(self, kind: str, value: str | None = None) -> str:
+        tok = self.peek()
+        if tok is None or tok[0] != kind or (value is not None and tok[1] != value):
+            want = value or kind
+            got = "the end" if tok is None else repr(tok[1])
+            raise self.fail(f"expected {want}, found {got}")
+        self.i += 1
+        return tok[1]
+
+    def parse(self) -> Node:
+        if not self.toks:
+            raise QueryError("empty query", "e.g. `tenDq > 1`; to match everything, pass no query")
+        node = self.expr()
+        if self.peek() is not None:
+            raise self.fail(f"unexpected {self.peek()[1]!r}")  # type: ignore[index]
+        return node
+
+    def expr(self) -> Node:
+        items = [self.term()]
+        while self.peek() == ("kw", "or"):
+            self.i += 1
+            items.append(self.term())
+        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+
+    def term(self) -> Node:
+        items = [self.factor()]
+        while self.peek() == ("kw", "and"):
+            self.i += 1
+            items.append(self.factor())
+        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+
+    def factor(self) -> Node:
+        tok = self.peek()
+        if tok == ("kw", "not"):
+            self.i += 1
+            return Not(self.factor())
+        if tok == ("punct", "("):
+            self.i += 1
+            node = self.expr()
+            self.take("punct", ")")
+            return node
+        return self.test()
+
+    def value(self) -> Any:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("expected a value, found the end")
+        kind, text = tok
+        self.i += 1
+        if kind == "num":
+            return float(text) if re.search(r"[.eE]", text) else int(text)
+        if kind == "str":
+            return re.sub(r"\\(.)", r"\1", text[1:-1])
+        if kind == "kw" and text in ("true", "false"):
+            return text == "true"
+        self.i -= 1
+        raise self.fail(f"expected a value, found {text!r}")
+
+    def test(self) -> Node:
+        name = self.take("name")
+        tok = self.peek()
+        if tok is None:
+            raise self.fail(f"expected an operator after {name!r}")
+        if tok[0] == "op":
+            self.i += 1
+            op = "==" if tok[1] == "=" else tok[1]
+            return Compare(name, op, self.value())
+        negated = False
+        if tok == ("kw", "not"):
+            self.i += 1
+            negated = True
+            tok = self.peek()
+        if tok == ("kw", "in"):
+            self.i += 1
+            self.take("punct", "(")
+            values = [self.value()]
+            while self.peek() == ("punct", ","):
+                self.i += 1
+                values.append(self.value())
+            self.take("punct", ")")
+            return Member(name, tuple(values), negated)
+        if tok == ("kw", "between") and not negated:
+            self.i += 1
+            low = self.value()
+            self.take("kw", "and")
+            return Between(name, low, self.value())
+        raise self.fail(f"expected an operator, `in` or `between` after {name!r}")
+
+
+def parse(text: str) -> Node:
+    return _Parser(text).parse()
+
+
+def names(node: Node) -> set[str]:
+    if isinstance(node, (Compare, Member, Between)):
+        return {node.name}
+    if isinstance(node, Not):
+        return names(node.item)
+    return set().union(*(names(i) for i in node.items))
+
+
+def check_names(node: Node, known: list[str], text: str = "") -> None:
+    unknown = sorted(names(node) - set(known))
+    if unknown:
+        raise QueryError(f"query {text!r}: unknown parameter(s) {', '.join(unknown)}",
+                         f"valid parameters: {', '.join(known)}")
+
+
+def from_keywords(**conditions: Any) -> str:
+    """``find(tenDq=(1, 2), soc_c=[1, 2], huid="x")`` -> query text (tuples are inclusive ranges, None open)."""
+    parts = []
+    for name, cond in conditions.items():
+        if isinstance(cond, tuple) and len(cond) == 2:
+            low, high = cond
+            if low is not None:
+                parts.append(f"{name} >= {_literal(low)}")
+            if high is not None:
+                parts.append(f"{name} <= {_literal(high)}")
+        elif isinstance(cond, (list, set, frozenset)):
+            parts.append(f"{name} in ({', '.join(_literal(v) for v in cond)})")
+        else:
+            parts.append(f"{name} == {_literal(cond)}")
+    return " and ".join(parts)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(float(value)) if isinstance(value, (float, np.floating)) else str(int(value))
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _cmp(column: np.ndarray, op: str, value: Any) -> np.ndarray:
+    if column.dtype.kind in "fiub" and isinstance(value, str):
+        raise QueryError(f"cannot compare a number with the text {value!r}", "drop the quotes")
+    if column.dtype.kind in "OUS" and not isinstance(value, str):
+        value = str(value)
+    with np.errstate(invalid="ignore"):
+        if op == "<":
+            return column < value
+        if op == "<=":
+            return column <= value
+        if op == ">":
+            return column > value
+        if op == ">=":
+            return column >= value
+        if op == "==":
+            return column == value
+        return column != value
+
+
+def evaluate(node: Node, columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+    """Boolean mask of rows matching ``node``; NaN (null) never matches a comparison."""
+    if isinstance(node, Compare):
+        return np.asarray(_cmp(columns[node.name], node.op, node.value), dtype=bool)
+    if isinstance(node, Member):
+        col = columns[node.name]
+        values = [str(v) for v in node.values] if col.dtype.kind in "OUS" else list(node.values)
+        mask = np.isin(col, values)
+        if node.negated:
+            mask = ~mask
+            if col.dtype.kind == "f":
+                mask &= ~np.isnan(col)
+        return mask
+    if isinstance(node, Between):
+        col = columns[node.name]
+        return np.asarray(_cmp(col, ">=", node.low) & _cmp(col, "<=", node.high), dtype=bool)
+    if isinstance(node, Not):
+        return ~evaluate(node.item, columns, n)
+    masks = [evaluate(i, columns, n) for i in node.items]
+    out = masks[0].copy()
+    for m in masks[1:]:
+        if node.op == "and":
+            out &= m
+        else:
+            out |= m
+    return out
