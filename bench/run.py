@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register"}
+BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register", "search": "bench.bench_search"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,7 +36,7 @@ class Scale:
 SCALES = {
     "small": Scale(batched_files=4, rows_per_file=64, filled_files=4, per_artifact_entities=24, per_entity_entities=24),
     # 32 x 3,125 = 100,000 Hamiltonians as in the seed; only a few files hold array data (disk stays small).
-    "seed": Scale(batched_files=32, rows_per_file=3125, filled_files=2, per_artifact_entities=500,
+    "seed": Scale(batched_files=32, rows_per_file=3125, filled_files=4, per_artifact_entities=500,
                   per_entity_entities=500),
 }
 DATASET_DIRS = {"B": "NiPS3_batched", "A": "NiPS3_per_artifact", "C": "NiPS3_per_entity"}

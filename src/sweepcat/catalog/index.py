@@ -204,7 +204,7 @@ class IndexCache:
         cached = self._indexes.get(dataset)
         if cached is not None and cached.version == version and cached.dataset_id == dataset_id:
             return cached
-        table = params.load(db, dataset_id, version, columns)
+        table = params.load(db, dataset_id, version, list(columns), columns)
         md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", dataset_id)[0][0]
         md = json.loads(md) if isinstance(md, str) else md
         index = DatasetIndex(dataset, dataset_id, version, md, table)

@@ -139,8 +139,8 @@ class ParamTable:
         return len(self.node_id)
 
 
-def registry(db: Database, dataset_key: str) -> tuple[int, int, list[str]] | None:
-    """(dataset id, version, column names) of a dataset's parameter table, or None."""
+def registry(db: Database, dataset_key: str) -> tuple[int, int, dict[str, str]] | None:
+    """(dataset id, version, {column: SQL type}) of a dataset's parameter table, or None."""
     exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", REGISTRY)
               if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", REGISTRY))
     if not exists or exists[0][0] is None:
@@ -149,23 +149,32 @@ def registry(db: Database, dataset_key: str) -> tuple[int, int, list[str]] | Non
                    "WHERE n.parent = 0 AND n.key = ?", dataset_key)
     if not row:
         return None
-    return int(row[0][0]), int(row[0][1]), list(json.loads(row[0][2]))
+    return int(row[0][0]), int(row[0][1]), dict(json.loads(row[0][2]))
 
 
-def load(db: Database, dataset_id: int, version: int, column_names: list[str]) -> ParamTable:
+def load(db: Database, dataset_id: int, version: int, column_names: list[str],
+         kinds: dict[str, str] | None = None) -> ParamTable:
+    """Columns as numpy arrays; numeric ones converted in C (nulls become NaN), not row by row."""
     t = table_name(dataset_id)
-    rows = db.fetch(f"SELECT node_id, key{''.join(', ' + quote(c) for c in column_names)} FROM {t} ORDER BY node_id")
-    node_id = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    key = np.array([r[1] for r in rows], dtype=object)
-    columns = {}
-    for j, name in enumerate(column_names, start=2):
-        values = [r[j] for r in rows]
-        numeric = [v for v in values if v is not None]
-        if numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numeric):
-            columns[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-        else:
-            columns[name] = np.array(values, dtype=object)
-    return ParamTable(dataset_id, version, node_id, key, columns)
+    kinds = kinds or {}
+    numeric = [c for c in column_names if kinds.get(c, "REAL") not in ("TEXT",)]
+    text = [c for c in column_names if c not in numeric]
+    nan = "'nan'" if db.dialect == "sqlite" else "'NaN'::float8"
+    exprs = ["node_id", "key"] + [f"COALESCE({quote(c)}, {nan})" for c in numeric] + [quote(c) for c in text]
+    rows = db.fetch(f"SELECT {', '.join(exprs)} FROM {t} ORDER BY node_id")
+    if rows:
+        columns_of = list(zip(*rows))
+    else:
+        columns_of = [() for _ in exprs]
+    node_id = np.asarray(columns_of[0], dtype=np.int64)
+    key = np.asarray(columns_of[1], dtype=object)
+    columns: dict[str, np.ndarray] = {}
+    for j, name in enumerate(numeric, start=2):
+        columns[name] = np.asarray(columns_of[j], dtype=np.float64)
+    for j, name in enumerate(text, start=2 + len(numeric)):
+        columns[name] = np.asarray(columns_of[j], dtype=object)
+    ordered = {name: columns[name] for name in column_names}
+    return ParamTable(dataset_id, version, node_id, key, ordered)
 
 
 def reindex(db: Database, dataset_id: int, dataset_key: str) -> int:
