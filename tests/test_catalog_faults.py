@@ -920,7 +920,8 @@ def test_running_server_reads_a_dataset_ingested_after_it_started(tmp_path: Path
             r = httpx.get(_array_url(url, path), params={"api_key": API_KEY}, headers={"Accept": accept}, timeout=30)
             statuses[accept] = (r.status_code, r.text[:200] if r.status_code != 200 else "")
             if r.status_code == 200:
-                got = np.asarray(r.json()) if accept == "application/json" else np.frombuffer(r.content, want.dtype)
+                got = (np.asarray(r.json(), dtype=want.dtype) if accept == "application/json"
+                       else np.frombuffer(r.content, want.dtype))
                 np.testing.assert_array_equal(got, want)
         assert {a: c for a, (c, _) in statuses.items()} == {"application/json": 200,
                                                             "application/octet-stream": 200}, statuses

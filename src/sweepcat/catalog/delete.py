@@ -41,17 +41,29 @@ def execute_delete(cat: CatalogURI, plan: DeletePlan) -> None:
     with connect(cat) as db:
         db.begin()
         is_dataset = db.fetch("SELECT parent FROM nodes WHERE id = ?", plan.node_id)[0][0] == 0
-        db.execute("DELETE FROM nodes WHERE id = ?", plan.node_id)
+        delete_node_ids(db, [plan.node_id])
         if is_dataset:  # its registry row went by cascade; its parameter table goes with it
             db.execute(f"DROP TABLE IF EXISTS {table_name(plan.node_id)}")
         db.commit()
 
 
 def delete_node_ids(db: Database, ids: list[int]) -> None:
-    """Delete nodes (and, by cascade, everything below them) inside the caller's transaction."""
+    """Delete nodes (and, by cascade, everything below them) inside the caller's transaction.
+
+    Like Tiled's own delete, assets no data source uses any more go too."""
+    assets: set[int] = set()
     for start in range(0, len(ids), 500):
         part = ids[start:start + 500]
-        db.execute(f"DELETE FROM nodes WHERE id IN ({','.join('?' * len(part))})", *part)
+        marks = ",".join("?" * len(part))
+        assets.update(int(a) for (a,) in db.fetch(
+            "SELECT DISTINCT x.asset_id FROM nodes_closure c JOIN data_sources d ON d.node_id = c.descendant "
+            f"JOIN data_source_asset_association x ON x.data_source_id = d.id WHERE c.ancestor IN ({marks})", *part))
+        db.execute(f"DELETE FROM nodes WHERE id IN ({marks})", *part)
+    orphans = sorted(assets)
+    for start in range(0, len(orphans), 500):
+        part = orphans[start:start + 500]
+        db.execute(f"DELETE FROM assets WHERE id IN ({','.join('?' * len(part))}) AND id NOT IN "
+                   "(SELECT asset_id FROM data_source_asset_association)", *part)
 
 
 def prune_dataset(cat: CatalogURI, dataset: str, keep: set[str]) -> int:

@@ -82,7 +82,8 @@ def _wrong_revision(cat: CatalogURI, found: str | None) -> SweepcatError:
 
 def sqlite_revision(path: Path) -> str | None:
     """The alembic revision of a SQLite catalog; None if the table is missing."""
-    con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    # mode=rw, not ro: after a crash mid-commit only a writer may roll back the hot journal.
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=60)
     try:
         row = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='alembic_version'").fetchone()
         if row is None:
@@ -90,8 +91,11 @@ def sqlite_revision(path: Path) -> str | None:
         rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
         return rows[0][0] if len(rows) == 1 else ",".join(r[0] for r in rows) or None
     except sqlite3.DatabaseError as exc:
-        raise SweepcatError(f"{path} is not a SQLite database ({exc})",
-                            "point --catalog at a Tiled catalog file, or at a new file name") from None
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise SweepcatError(f"{path} is not a SQLite database ({exc})",
+                                "point --catalog at a Tiled catalog file, or at a new file name") from None
+        raise SweepcatError(f"catalog {path} cannot be opened ({exc})",
+                            "check its permissions, and that no other program holds it locked") from None
     finally:
         con.close()
 

@@ -16,6 +16,7 @@ import h5py
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..contract import path_problem
 from ..errors import ContractError, Problem
 from ..h5scan import describe_open_error, dtype_name
 
@@ -104,6 +105,11 @@ def read_axes(shared_axes: dict[str, dict[str, str]], root: str) -> list[AxisInf
     out, problems = [], []
     for name, ax in sorted(shared_axes.items()):
         rel, dataset = ax.get("file"), ax.get("dataset")
+        why = path_problem(rel, Path(root))
+        if why:
+            problems.append(Problem(f"shared axis {name!r} file {rel!r}", why,
+                                    "keep axis files inside the dataset root; fix shared_axes in the spec"))
+            continue
         try:
             with h5py.File(Path(root) / rel, "r") as f:
                 ds = f.get(dataset)

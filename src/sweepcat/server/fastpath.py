@@ -17,6 +17,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any, Awaitable, Callable
@@ -72,16 +73,49 @@ class CatalogReader:
         sql = _lookup_sql(len(segments), lambda i: f"?{i}")
         return self._sqlite_con().execute(sql, segments).fetchall()
 
+    ROOTS_SQL = ("SELECT n.metadata FROM sweepcat_datasets r JOIN nodes n ON n.id = r.dataset_id "
+                 "WHERE n.parent = 0")
+
+    def roots_sync(self) -> list[str]:
+        try:
+            rows = self._sqlite_con().execute(self.ROOTS_SQL).fetchall()
+        except sqlite3.OperationalError:  # no sweepcat dataset yet
+            return []
+        return _roots(rows)
+
+    async def dataset_roots(self) -> list[str]:
+        """Roots of datasets written by sweepcat (ingest, or register, which checks readable storage)."""
+        if self.sqlite:
+            return await anyio.to_thread.run_sync(self.roots_sync)
+        await self._ensure_pool()
+        async with self._pool.acquire() as con:
+            if not await con.fetchval("SELECT to_regclass('public.sweepcat_datasets') IS NOT NULL"):
+                return []
+            return _roots([tuple(r) for r in await con.fetch(self.ROOTS_SQL)])
+
+    async def _ensure_pool(self) -> None:
+        if self._pool is None:
+            import asyncpg
+
+            self._pool = await asyncpg.create_pool(self.uri, min_size=1, max_size=4)
+
     async def lookup(self, segments: list[str]) -> list[tuple]:
         if self.sqlite:
             return await anyio.to_thread.run_sync(self.lookup_sync, segments)
-        import asyncpg
-
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.uri, min_size=1, max_size=4)
+        await self._ensure_pool()
         sql = _lookup_sql(len(segments), lambda i: f"${i}")
         async with self._pool.acquire() as con:
             return [tuple(r) for r in await con.fetch(sql, *segments)]
+
+
+def _roots(rows: list[tuple]) -> list[str]:
+    out = []
+    for (md,) in rows:
+        md = json.loads(md) if isinstance(md, str) else (md or {})
+        root = (md.get("sweepcat") or {}).get("root") if isinstance(md, dict) else None
+        if root:
+            out.append(os.path.realpath(root))
+    return out
 
 
 def _row(raw: tuple) -> ArrayRow | None:
@@ -123,6 +157,7 @@ class LocatorFastPath:
         self.allow_anonymous = allow_anonymous
         self.roots = [os.path.realpath(r) for r in readable_storage]
         self.bytesize_limit = bytesize_limit
+        self._roots_checked = 0.0
 
     def _authorized(self, scope: dict, params: dict[str, str]) -> bool:
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
@@ -173,8 +208,30 @@ class LocatorFastPath:
             return None
         return 200, array.tobytes(), "application/octet-stream"
 
+    async def _refresh_roots(self, scope: dict) -> None:
+        """Datasets ingested after start-up become readable: their roots join Tiled's readable storage.
+
+        Checked at most once a second, on array requests only."""
+        now = time.monotonic()
+        if now - self._roots_checked < 1.0:
+            return
+        self._roots_checked = now
+        new = [r for r in await self.reader.dataset_roots() if r not in self.roots]
+        if not new:
+            return
+        from tiled.storage import parse_storage, register_storage
+
+        context = scope["app"].state.root_tree.context
+        for root in new:
+            storage = parse_storage(root)
+            register_storage(storage)
+            context.readable_storage[storage.uri] = storage
+            self.roots.append(root)
+
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/v1/array/"):
+            await self._refresh_roots(scope)
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
