@@ -52,12 +52,20 @@ def read_stacked(paths: list[str], file_idx: np.ndarray, datasets: np.ndarray, i
                 for t in targets:
                     out[t] = node[()]
                 continue
-            unique, inverse = np.unique(rows, return_inverse=True)
-            if unique[-1] >= node.shape[0]:
-                raise SweepcatError(f"file:{path}#{dataset}[{int(unique[-1])}]: index out of range "
+            if rows[-1] >= node.shape[0]:
+                raise SweepcatError(f"file:{path}#{dataset}[{int(rows[-1])}]: index out of range "
                                     f"({node.shape[0]} rows)", "re-ingest the dataset")
-            block = _rows(node, unique)
-            out[targets] = block[inverse]
+            distinct = bool(np.all(rows[1:] > rows[:-1]))
+            in_order = distinct and targets[-1] - targets[0] + 1 == len(targets) and bool(np.all(np.diff(targets) == 1))
+            if in_order and rows[-1] - rows[0] + 1 == len(rows):
+                # the common case (results in listing order): straight from the file into the output
+                node.read_direct(out, np.s_[int(rows[0]):int(rows[-1]) + 1],
+                                 np.s_[int(targets[0]):int(targets[-1]) + 1])
+            elif in_order:
+                out[int(targets[0]):int(targets[-1]) + 1] = _rows(node, rows)
+            else:
+                unique, inverse = np.unique(rows, return_inverse=True)
+                out[targets] = _rows(node, unique)[inverse]
         finally:
             if close:
                 f.close()

@@ -78,14 +78,25 @@ class HttpBackend:
     def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
              total: int) -> np.ndarray:
         """All matches, in pages that fit the server's response limit, into one preallocated array."""
+        from concurrent.futures import ThreadPoolExecutor
+
         out = np.empty((total, *shape), dtype=dtype)
         row_bytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        page = max(1, min(self.info().get("max_read_bytes", 1 << 29), 64 << 20) // row_bytes)
-        for offset in range(0, total, page):
+        page = max(1, min(self.info().get("max_read_bytes", 1 << 29), 32 << 20) // row_bytes)
+
+        def fetch(offset: int) -> None:
             r = self._get(f"/read/{_seg(ds)}", q=q, type=type_, offset=offset, limit=page)
-            got = np.frombuffer(r.content, dtype=np.dtype(r.headers["x-sweepcat-dtype"]))
             n = int(r.headers["x-sweepcat-shape"].split(",")[0])
+            got = np.frombuffer(r.content, dtype=np.dtype(r.headers["x-sweepcat-dtype"]))
             out[offset:offset + n] = got.reshape((n, *shape))
+
+        offsets = list(range(0, total, page))
+        if len(offsets) <= 1:
+            for offset in offsets:
+                fetch(offset)
+        else:  # pages in flight at once: the server reads one while the client receives another
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                list(pool.map(fetch, offsets))
         return out
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -30,6 +30,7 @@ from fastapi import HTTPException
 from .adapter import MIMETYPE, SlicedHDF5Adapter
 
 PREFIX = "/api/v1/array/full/"
+SWEEPCAT_PREFIX = "/api/v1/sweepcat/"
 _ALLOWED_PARAMS = {"slice", "expected_shape", "api_key"}
 _ACCEPTED = {"", "*/*", "application/octet-stream"}
 
@@ -228,10 +229,51 @@ class LocatorFastPath:
             context.readable_storage[storage.uri] = storage
             self.roots.append(root)
 
+    async def _try_sweepcat(self, scope: dict) -> tuple[int, bytes, str, dict[str, str]] | None:
+        """search and read routes, same functions as the FastAPI routes, minus Tiled's middleware stack
+        (which copies large bodies through several in-memory streams)."""
+        from .routes import index_cache, read_page, search_page
+
+        if getattr(scope["app"].state, "access_policy", None) is not None:
+            return None
+        params = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
+        if not self._authorized(scope, params):
+            return None
+        params.pop("api_key", None)
+        kind, _, dataset = scope["path"][len(SWEEPCAT_PREFIX):].partition("/")
+        dataset = unquote(dataset)
+        if not dataset or "/" in dataset:
+            return None
+        try:
+            cache = index_cache(scope["app"].state.root_tree)
+            q = params.get("q")
+            offset = int(params.get("offset", 0))
+            if kind == "search" and set(params) <= {"q", "offset", "limit"}:
+                limit = int(params.get("limit", 100))
+                if offset < 0 or not 0 <= limit <= 10_000:
+                    return None
+                result = await anyio.to_thread.run_sync(search_page, cache, dataset, q, offset, limit)
+                return 200, json.dumps(result).encode(), "application/json", {}
+            if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type"}:
+                limit = int(params["limit"]) if "limit" in params else None
+                if offset < 0 or (limit is not None and limit < 0):
+                    return None
+                body, headers = await anyio.to_thread.run_sync(read_page, cache, dataset, params["type"], q,
+                                                               offset, limit)
+                return 200, body, "application/octet-stream", headers
+        except (HTTPException, ValueError):
+            return None  # the FastAPI route gives the proper error response
+        return None
+
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/api/v1/array/"):
             await self._refresh_roots(scope)
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(SWEEPCAT_PREFIX):
+            answer = await self._try_sweepcat(scope)
+            if answer is not None:
+                await self._send(send, *answer)
+                return
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
@@ -239,11 +281,15 @@ class LocatorFastPath:
         if answer is None:
             await self.app(scope, receive, send)
             return
-        status, body, content_type = answer
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type.encode()),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"x-sweepcat-fast-path", b"1")]})
+        await self._send(send, *answer, {})
+
+    @staticmethod
+    async def _send(send: Callable[[dict], Awaitable[None]], status: int, body: bytes, content_type: str,
+                    extra: dict[str, str]) -> None:
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+                   (b"x-sweepcat-fast-path", b"1")]
+        headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

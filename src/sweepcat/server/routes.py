@@ -172,18 +172,20 @@ async def datasets(root_tree: Any = Depends(get_root_tree),
     return await _in_thread(index_cache(root_tree).datasets)
 
 
+def search_page(cache: IndexCache, dataset: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+    index = _dataset(cache, dataset)
+    rows = _rows(index, q)
+    page = rows[offset:offset + limit]
+    return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
+            "keys": index.table.key[page].tolist()}
+
+
 @router.get("/search/{dataset}")
 async def search(dataset: str, q: str | None = Query(None, max_length=10_000), offset: int = Query(0, ge=0),
                  limit: int = Query(100, ge=0, le=MAX_PAGE), root_tree: Any = Depends(get_root_tree),
                  _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
     """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``)."""
-    def run() -> dict[str, Any]:
-        index = _dataset(index_cache(root_tree), dataset)
-        rows = _rows(index, q)
-        page = rows[offset:offset + limit]
-        return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
-                "keys": index.table.key[page].tolist()}
-    return await _in_thread(run)
+    return await _in_thread(search_page, index_cache(root_tree), dataset, q, offset, limit)
 
 
 @router.get("/facets/{dataset}")
@@ -228,6 +230,34 @@ async def locators(dataset: str, q: str | None = Query(None, max_length=10_000),
     return await _in_thread(run)
 
 
+def read_page(cache: IndexCache, dataset: str, type_: str, q: str | None, offset: int,
+              limit: int | None) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a stacked read; raises HTTPException for everything a client must fix."""
+    index = _dataset(cache, dataset)
+    rows = _rows(index, q)
+    page = rows[offset:] if limit is None else rows[offset:offset + limit]
+    try:
+        t = index.types(cache.db()).get(type_)
+        if t is None:
+            raise QueryError(f"unknown artifact type {type_!r}",
+                             f"types of {dataset}: {', '.join(index.types(cache.db()))}")
+        row_bytes = int(np.prod(t.shape)) * t.dtype.itemsize
+        if len(page) * row_bytes > MAX_READ_BYTES:
+            fit = max(1, MAX_READ_BYTES // max(1, row_bytes))
+            raise HTTPException(status_code=413, detail={
+                "message": f"{len(page)} arrays of {row_bytes} bytes exceed the {MAX_READ_BYTES}-byte response "
+                           "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
+                "page_limit": fit})
+        array = index.read(cache.db(), page, type_, opener=FILES.get, close=False)
+    except QueryError as exc:
+        raise _error(exc, 400) from None
+    except SweepcatError as exc:
+        raise _error(exc, 404) from None
+    headers = {"x-sweepcat-shape": ",".join(map(str, array.shape)), "x-sweepcat-dtype": array.dtype.str,
+               "x-sweepcat-total": str(len(rows)), "x-sweepcat-offset": str(offset)}
+    return np.ascontiguousarray(array).tobytes(), headers
+
+
 @router.get("/read/{dataset}")
 async def read(dataset: str, type: str, q: str | None = Query(None, max_length=10_000),
                offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=0),
@@ -238,31 +268,5 @@ async def read(dataset: str, type: str, q: str | None = Query(None, max_length=1
     Rows are grouped by file and read in index order, each file opened once.
     Responses above the size limit are refused with the page size to use.
     """
-    def run() -> Response:
-        cache = index_cache(root_tree)
-        index = _dataset(cache, dataset)
-        rows = _rows(index, q)
-        page = rows[offset:] if limit is None else rows[offset:offset + limit]
-        try:
-            t = index.types(cache.db()).get(type)
-            if t is None:
-                raise QueryError(f"unknown artifact type {type!r}",
-                                 f"types of {dataset}: {', '.join(index.types(cache.db()))}")
-            row_bytes = int(np.prod(t.shape)) * t.dtype.itemsize
-            if len(page) * row_bytes > MAX_READ_BYTES:
-                fit = max(1, MAX_READ_BYTES // max(1, row_bytes))
-                raise HTTPException(status_code=413, detail={
-                    "message": f"{len(page)} arrays of {row_bytes} bytes exceed the {MAX_READ_BYTES}-byte response "
-                               "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
-                    "page_limit": fit})
-            array = index.read(cache.db(), page, type, opener=FILES.get, close=False)
-        except QueryError as exc:
-            raise _error(exc, 400) from None
-        except SweepcatError as exc:
-            raise _error(exc, 404) from None
-        headers = {"x-sweepcat-shape": ",".join(map(str, array.shape)), "x-sweepcat-dtype": array.dtype.str,
-                   "x-sweepcat-total": str(len(rows)), "x-sweepcat-offset": str(offset)}
-        return Response(np.ascontiguousarray(array).tobytes(), media_type="application/octet-stream",
-                        headers=headers)
-    return await _in_thread(run)
-
+    body, headers = await _in_thread(read_page, index_cache(root_tree), dataset, type, q, offset, limit)
+    return Response(body, media_type="application/octet-stream", headers=headers)
