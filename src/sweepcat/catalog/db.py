@@ -14,6 +14,16 @@ from ..errors import SweepcatError
 from .schema import CatalogURI
 
 
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _pg_sql(sql: str) -> str:
     counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
@@ -31,8 +41,9 @@ class Database:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
-    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Bulk-insert rows (COPY on PostgreSQL)."""
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+             constants: dict[str, Any] | None = None) -> None:
+        """Bulk-insert rows (COPY on PostgreSQL); ``constants`` are columns with one value for every row."""
         raise NotImplementedError
 
     def begin(self) -> None:
@@ -87,9 +98,13 @@ class SQLiteDatabase(Database):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.con.executemany(sql, rows)
 
-    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        self.con.executemany(sql, rows)
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+             constants: dict[str, Any] | None = None) -> None:
+        # Constants go into the statement as literals: binding costs per value, per row.
+        constants = constants or {}
+        names = [*columns, *constants]
+        values = ["?"] * len(columns) + [_literal(v) for v in constants.values()]
+        self.con.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", rows)
 
     def begin(self) -> None:
         self.con.execute("BEGIN IMMEDIATE")
@@ -134,9 +149,15 @@ class PostgresDatabase(Database):
         if rows:
             self._run(self.con.executemany(_pg_sql(sql), rows))
 
-    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._run(self.con.copy_records_to_table(table, records=rows, columns=list(columns)))
+    def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+             constants: dict[str, Any] | None = None) -> None:
+        if not rows:
+            return
+        if constants:
+            tail = tuple(constants.values())
+            rows = [(*r, *tail) for r in rows]
+            columns = [*columns, *constants]
+        self._run(self.con.copy_records_to_table(table, records=rows, columns=list(columns)))
 
     def begin(self) -> None:
         self.tx = self.con.transaction()

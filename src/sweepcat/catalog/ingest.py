@@ -262,14 +262,14 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
         db.copy("nodes", node_cols, [(i, p, k, "container", m, "[]") for i, p, k, m in new_containers])
     if len(new_ham):
         sel = pa.array(new_ham)
-        db.copy("nodes", node_cols, list(zip(
-            ham_ids[new_ham].tolist(), [ds_id] * len(new_ham), ham_keys.take(sel).to_pylist(),
-            ["container"] * len(new_ham), plan.ham_metadata.take(sel).to_pylist(), ["[]"] * len(new_ham))))
+        db.copy("nodes", ("id", "key", "metadata"), list(zip(
+            ham_ids[new_ham].tolist(), ham_keys.take(sel).to_pylist(), plan.ham_metadata.take(sel).to_pylist())),
+            constants={"parent": ds_id, "structure_family": "container", "specs": "[]"})
     art_sel = pa.array(np.flatnonzero(art_new))
     if n_art:
-        db.copy("nodes", node_cols, list(zip(
+        db.copy("nodes", ("id", "parent", "key", "metadata"), list(zip(
             art_ids.tolist(), art_parent_ids[art_new].tolist(), plan.art_type.take(art_sel).to_pylist(),
-            ["array"] * n_art, plan.art_metadata.take(art_sel).to_pylist(), ["[]"] * n_art)))
+            plan.art_metadata.take(art_sel).to_pylist())), constants={"structure_family": "array", "specs": "[]"})
     if axis_rows:
         db.copy("nodes", node_cols, [(int(i), axes_container, a.name, "array", "{}", "[]")
                                      for i, a in zip(axis_ids, axis_rows)])
@@ -401,11 +401,11 @@ def _data_sources(db: Database, plan: IngestPlan, art_ids: np.ndarray, art_sel: 
     ds_cols = ("id", "node_id", "structure_id", "mimetype", "parameters", "properties", "management",
                "structure_family")
     if n_art:
-        db.copy("data_sources", ds_cols, list(zip(
-            ds_ids.tolist(), art_ids.tolist(), structure_ids.to_pylist(), [MIMETYPE] * n_art,
-            plan.art_parameters.take(art_sel).to_pylist(), ["{}"] * n_art, ["external"] * n_art, ["array"] * n_art)))
-        db.copy("data_source_asset_association", ("data_source_id", "asset_id", "parameter", "num"),
-                list(zip(ds_ids.tolist(), asset_ids.to_pylist(), ["data_uri"] * n_art, [None] * n_art)))
+        db.copy("data_sources", ("id", "node_id", "structure_id", "parameters"), list(zip(
+            ds_ids.tolist(), art_ids.tolist(), structure_ids.to_pylist(), plan.art_parameters.take(art_sel).to_pylist())),
+            constants={"mimetype": MIMETYPE, "properties": "{}", "management": "external", "structure_family": "array"})
+        db.copy("data_source_asset_association", ("data_source_id", "asset_id"),
+                list(zip(ds_ids.tolist(), asset_ids.to_pylist())), constants={"parameter": "data_uri", "num": None})
     if axis_rows:
         ax_start = ds_start + n_art
         db.copy("data_sources", ds_cols, [
