@@ -104,9 +104,24 @@ def bump(db: Database, dataset_id: int) -> None:
     db.execute(f"UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id = ?", dataset_id)
 
 
+def _extract(name: str, kind: str, dialect: str) -> str:
+    """SQL reading one parameter out of a node's JSON metadata, typed like its column."""
+    if dialect == "sqlite":
+        path = '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return "json_extract(metadata, '" + path.replace("'", "''") + "')"
+    field = "'" + name.replace("'", "''") + "'"
+    text = f"(metadata->>{field})"
+    if kind == "TEXT":
+        return text
+    if kind == "DOUBLE PRECISION":
+        return f"{text}::double precision"
+    return (f"(CASE jsonb_typeof(metadata->{field}) WHEN 'boolean' THEN {text}::boolean::int "
+            f"ELSE {text}::bigint END)")
+
+
 def write_rows(db: Database, dataset_id: int, node_ids: np.ndarray, ham: pa.Table, columns: list[str],
                *, upsert: bool = False) -> None:
-    """Insert (or, with ``upsert``, replace) one row per Hamiltonian."""
+    """One row per Hamiltonian from the manifest table (binding values is cheaper than json_extract)."""
     if not len(node_ids):
         return
     t = table_name(dataset_id)
@@ -123,6 +138,15 @@ def write_rows(db: Database, dataset_id: int, node_ids: np.ndarray, ham: pa.Tabl
                        f"ON CONFLICT (node_id) DO UPDATE SET {sets}", rows)
     else:
         db.copy(t, [quote(c) if db.dialect == "sqlite" else c for c in cols], rows)
+
+
+def fill_from_nodes(db: Database, dataset_id: int, kinds: dict[str, str]) -> None:
+    """Every Hamiltonian's row computed in SQL from its metadata (for ``reindex``: the metadata is the truth)."""
+    t = table_name(dataset_id)
+    cols = list(kinds)
+    select = ", ".join(["id", "key"] + [_extract(c, kinds[c], db.dialect) for c in cols])
+    db.execute(f"INSERT INTO {t} ({', '.join(['node_id', 'key', *map(quote, cols)])}) SELECT {select} FROM nodes "
+               "WHERE parent = ? AND key != '_axes'", dataset_id)
 
 
 @dataclass
@@ -179,24 +203,20 @@ def load(db: Database, dataset_id: int, version: int, column_names: list[str],
 
 def reindex(db: Database, dataset_id: int, dataset_key: str) -> int:
     """Rebuild a dataset's parameter table from the Hamiltonians' metadata (if ever out of step)."""
-    rows = db.fetch("SELECT id, key, metadata FROM nodes WHERE parent = ? AND key != '_axes' ORDER BY id", dataset_id)
-    records = []
-    for node_id, key, md in rows:
-        md = json.loads(md) if isinstance(md, str) else (md or {})
-        records.append({"node_id": node_id, "key": key, **{k: v for k, v in md.items()
-                                                          if isinstance(v, (int, float, str, bool)) or v is None}})
-    if not records:
+    rows = db.fetch("SELECT metadata FROM nodes WHERE parent = ? AND key != '_axes' ORDER BY id", dataset_id)
+    if not rows:
         raise SweepcatError(f"dataset {dataset_key!r} has no Hamiltonians to index", "ingest or register it first")
-    table = pa.Table.from_pylist(records)
+    records = []
+    for (md,) in rows:
+        md = json.loads(md) if isinstance(md, str) else (md or {})
+        records.append({k: v for k, v in md.items() if isinstance(v, (int, float, str, bool)) or v is None})
+    kinds = searchable_columns(pa.Table.from_pylist(records), db.dialect)
     t = table_name(dataset_id)
     _ensure_registry(db)
     db.execute(f"DROP TABLE IF EXISTS {t}")
     db.execute(f"DELETE FROM {REGISTRY} WHERE dataset_id = ?", dataset_id)
-    ham = table.drop(["node_id"])
-    columns = ensure_tables(db, dataset_id, dataset_key, searchable_columns(ham, db.dialect))
-    write_rows(db, dataset_id, table.column("node_id").to_numpy(), ham, columns)
+    columns = ensure_tables(db, dataset_id, dataset_key, kinds)
+    fill_from_nodes(db, dataset_id, {c: kinds[c] for c in columns})
     ensure_indexes(db, dataset_id, columns)
     bump(db, dataset_id)
-    return table.num_rows
-
-
+    return len(rows)
