@@ -176,6 +176,28 @@ def manifest_cmd(
         out.print(f"done in {time.perf_counter() - t0:.2f} s")
 
 
+def _manifest_pairs(manifests: list[Path] | None, ham: Path | None, art: Path | None, label: str | None,
+                    example: str) -> list[tuple[Path, Path | None]]:
+    """The manifest pairs a command was given: a directory (every pair in it), two files, or the guide's options."""
+    from .contract import find_manifest_pairs
+
+    paths = list(manifests or [])
+    if ham or art:
+        if not (ham and art) or paths:
+            raise SweepcatError("--ham-manifest and --art-manifest go together, without positional manifests",
+                                "pass both options, or a manifest directory")
+        paths = [ham, art]
+    if len(paths) not in (1, 2):
+        raise SweepcatError("expected a manifest directory or two Parquet files", example)
+    if len(paths) == 1 and paths[0].is_dir():
+        pairs: list[tuple[Path, Path | None]] = list(find_manifest_pairs(paths[0]))
+        if label and len(pairs) > 1:
+            raise SweepcatError("--label names one dataset, the directory holds several",
+                                "pass the two Parquet files of the dataset to relabel")
+        return pairs
+    return [(paths[0], paths[1] if len(paths) == 2 else None)]
+
+
 CATALOG_HELP = "Catalog: a SQLite file (default ./sweepcat.db) or postgresql://user@host:port/db."
 
 
@@ -204,25 +226,11 @@ def ingest_cmd(
       sweepcat ingest --ham-manifest h.parquet --art-manifest a.parquet --base-dir /data/x --catalog postgresql://me@db:5432/cat
     """
     from .catalog.ingest import ingest
-    from .contract import find_manifest_pairs, read_manifests
+    from .contract import read_manifests
 
     with friendly_errors():
-        paths = list(manifests or [])
-        if ham_manifest or art_manifest:
-            if not (ham_manifest and art_manifest) or paths:
-                raise SweepcatError("--ham-manifest and --art-manifest go together, without positional manifests",
-                                    "pass both options, or a manifest directory")
-            paths = [ham_manifest, art_manifest]
-        if len(paths) not in (1, 2):
-            raise SweepcatError("expected a manifest directory or two Parquet files",
+        pairs = _manifest_pairs(manifests, ham_manifest, art_manifest, label,
                                 "e.g. sweepcat ingest demo/manifests --catalog sweepcat.db")
-        if len(paths) == 1 and paths[0].is_dir():
-            pairs = find_manifest_pairs(paths[0])
-            if label and len(pairs) > 1:
-                raise SweepcatError("--label names one dataset, the directory holds several",
-                                    "pass the two Parquet files of the dataset to relabel")
-        else:
-            pairs = [(paths[0], paths[1] if len(paths) == 2 else None)]
         for ham_path, art_path in pairs:
             m = read_manifests(ham_path, art_path, base_dir=base_dir, label=label)
             with err.status(f"ingesting {m.description.key}") as status:
@@ -259,22 +267,11 @@ def register_cmd(
     Example:  sweepcat register demo/manifests --url http://127.0.0.1:8000 --api-key KEY
     """
     from .client.register import register
-    from .contract import find_manifest_pairs, read_manifests
+    from .contract import read_manifests
 
     with friendly_errors():
-        paths = list(manifests or [])
-        if ham_manifest or art_manifest:
-            if not (ham_manifest and art_manifest) or paths:
-                raise SweepcatError("--ham-manifest and --art-manifest go together, without positional manifests",
-                                    "pass both options, or a manifest directory")
-            paths = [ham_manifest, art_manifest]
-        if len(paths) not in (1, 2):
-            raise SweepcatError("expected a manifest directory or two Parquet files",
+        pairs = _manifest_pairs(manifests, ham_manifest, art_manifest, label,
                                 "e.g. sweepcat register demo/manifests --url http://127.0.0.1:8000")
-        if len(paths) == 1 and paths[0].is_dir():
-            pairs = find_manifest_pairs(paths[0])
-        else:
-            pairs = [(paths[0], paths[1] if len(paths) == 2 else None)]
         for ham_path, art_path in pairs:
             m = read_manifests(ham_path, art_path, base_dir=base_dir, label=label)
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import SweepcatError
+from .http import raise_for
 
 
 class HttpBackend:
@@ -39,20 +40,7 @@ class HttpBackend:
     def _get(self, path: str, **params: Any) -> Any:
         r = self.http.get(f"{self.url}/api/v1/sweepcat{path}", params={k: v for k, v in params.items()
                                                                          if v is not None})
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail")
-            except ValueError:
-                detail = r.text
-            if r.status_code == 401:
-                raise SweepcatError(f"{self.url}: the server refused the API key (401)",
-                                    "pass api_key=... (the key `sweepcat serve` printed)")
-            if r.status_code == 404 and detail == "Not Found":
-                raise SweepcatError(f"{self.url} has no sweepcat routes (a plain Tiled server?)",
-                                    "serve the catalog with `sweepcat serve`")
-            if isinstance(detail, dict):
-                raise SweepcatError(f"{detail.get('message')} (HTTP {r.status_code})", detail.get("hint"))
-            raise SweepcatError(f"{self.url}{path}: HTTP {r.status_code}: {detail}", "see the server log")
+        raise_for(r, f"{self.url}{path.split('?')[0]}")
         return r
 
     def info(self) -> dict[str, Any]:

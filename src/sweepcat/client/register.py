@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from ..contract import Manifests, encode_batch, file_sha256
 from ..errors import SweepcatError
+from .http import raise_for
 
 Progress = Callable[[int, int], None]  # (hamiltonians done, nodes done) increments
 
@@ -86,35 +87,12 @@ class _Http:
         raise AssertionError("unreachable")
 
 
-def _raise_for(response: httpx.Response, what: str) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text
-    if response.status_code == 401:
-        raise SweepcatError(f"{what}: the server refused the API key (401)",
-                            "pass the key the server printed: --api-key KEY or SWEEPCAT_API_KEY")
-    if response.status_code == 403:
-        message = detail.get("message") if isinstance(detail, dict) else detail
-        hint = detail.get("hint") if isinstance(detail, dict) else None
-        raise SweepcatError(f"{what}: forbidden (403): {message}",
-                            hint or "use a key with the scopes write:metadata, create:node and register")
-    if isinstance(detail, dict):
-        problems = detail.get("problems") or []
-        lines = [detail.get("message", "")] + [f"  - {p['where']}: {p['what']} -> {p['fix']}" for p in problems[:20]]
-        raise SweepcatError(f"{what}: the server refused the batch ({response.status_code}): " + "\n".join(lines),
-                            detail.get("hint") or "fix the manifests and run the same command again")
-    raise SweepcatError(f"{what}: HTTP {response.status_code}: {detail}", "see the server log for details")
-
-
 def detect_path(http: _Http) -> dict[str, Any] | None:
     """The server's sweepcat info, or None for a plain Tiled server."""
     response = http.request("GET", "/api/v1/sweepcat/info")
     if response.status_code == 404:
         return None
-    _raise_for(response, "checking the server")
+    raise_for(response, "checking the server")
     return response.json()
 
 
@@ -166,7 +144,7 @@ def _register_bulk(http: _Http, m: Manifests, *, update: bool, prune: bool, batc
         response = http.request("POST", "/api/v1/sweepcat/register", params={"update": update}, content=body,
                                 headers={"Content-Type": "application/x-sweepcat-batch"})
         result.requests += 1
-        _raise_for(response, f"registering {m.description.key!r}")
+        raise_for(response, f"registering {m.description.key!r}")
         r = response.json()
         result.added_hamiltonians += r["added_hamiltonians"]
         result.added_artifacts += r["added_artifacts"]
@@ -178,7 +156,7 @@ def _register_bulk(http: _Http, m: Manifests, *, update: bool, prune: bool, batc
         response = http.request("POST", f"/api/v1/sweepcat/prune/{m.description.key}",
                                 json={"keys": m.ham.column("key").to_pylist()})
         result.requests += 1
-        _raise_for(response, f"pruning {m.description.key!r}")
+        raise_for(response, f"pruning {m.description.key!r}")
         result.pruned = response.json()["pruned"]
     return result
 
@@ -195,7 +173,7 @@ def _child_counts(url: str, api_key: str | None, dataset: str) -> dict[str, int]
         while True:
             r = http.get(f"{url.rstrip('/')}/api/v1/search/{dataset}",
                          params={"page[offset]": offset, "page[limit]": 300, "fields": "structure"})
-            _raise_for(r, f"listing {dataset!r}")
+            raise_for(r, f"listing {dataset!r}")
             data = r.json()["data"]
             for item in data:
                 counts[item["id"]] = int((item["attributes"].get("structure") or {}).get("count") or 0)
