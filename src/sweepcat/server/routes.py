@@ -8,20 +8,28 @@ authenticate with Tiled's own API keys and need Tiled's scopes.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import threading
 from functools import partial
 from typing import Any
 
 import anyio
+import numpy as np
+import pyarrow as pa
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
+from fastapi.responses import Response
 from tiled.server.authentication import check_scopes
 from tiled.server.dependencies import get_root_tree
 
 from .. import __version__
+from ..catalog.index import DatasetIndex, IndexCache
 from ..catalog.ingest import ingest
 from ..catalog.schema import CatalogURI, parse_catalog
 from ..contract import decode_batch
 from ..errors import ContractError, SweepcatError
+from ..query import QueryError
+from .adapter import FILES
 
 router = APIRouter(prefix="/sweepcat")
 
@@ -112,17 +120,6 @@ async def prune(dataset: str, request: Request, root_tree: Any = Depends(get_roo
 
 
 # --------------------------------------------------------------------------- search and batch access
-
-import io  # noqa: E402
-import threading  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-from fastapi.responses import Response  # noqa: E402
-
-from ..catalog.index import DatasetIndex, IndexCache  # noqa: E402
-from ..query import QueryError  # noqa: E402
-from .adapter import FILES  # noqa: E402
 
 MAX_PAGE = 10_000
 _caches: dict[str, IndexCache] = {}
