@@ -248,3 +248,30 @@ def test_query_language_unit():
     for bad in ("a >", "a in ()", "and a > 1", "a between 1", "a > 1 b < 2", "a ~ 1"):
         with pytest.raises(QueryError):
             parse(bad)
+
+
+def test_reprs_summarize_without_loading_arrays(served):
+    url, _, _ = served
+    cat = sweepcat.client.open(url, api_key=API_KEY)
+    html = cat._repr_html_()
+    assert "NiPS3_batched" in html and "256" in html and "rixs" in html and "tenDq" in html
+    assert "NiPS3_per_entity: 24 Hamiltonians" in repr(cat)
+    ds = cat["NiPS3_batched"]
+    assert "rixs(151, 40)" in repr(ds) and "tenDq [" in repr(ds)
+    assert "eloss_RIXS" in ds._repr_html_()
+    res = ds.find("tenDq > 2")
+    table = res._repr_html_()
+    assert table.count("<tr>") == 11 and "tenDq &gt; 2" in table  # header + first 10 rows
+    assert f"{len(res)} of NiPS3_batched" in repr(res)
+    with pytest.raises(KeyError, match="NiPS3_batched"):
+        cat["nope"]
+
+
+def test_cli_help_teaches(runner):
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for command in ("demo-data", "inspect", "manifest", "ingest", "register", "serve", "config", "delete", "reindex"):
+        assert command in r.output
+    for command in ("ingest", "register", "serve", "delete"):
+        r = runner.invoke(app, [command, "--help"])
+        assert r.exit_code == 0 and "Example" in r.output, command
