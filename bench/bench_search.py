@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .bench_catalog import _manifests
-from .common import Figure, Run, seed_data
+from .common import Figure, Run, seed_data, timeit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.servers import API_KEY, PostgresCluster, sweepcat_server  # noqa: E402
@@ -25,14 +25,8 @@ QUERY = "tenDq > 1 and F2_dd < 3"
 
 
 def _lat(fn, n: int = 50, warm: int = 3) -> list[float]:
-    for _ in range(warm):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+    """Latencies in milliseconds."""
+    return [x * 1000 for x in timeit(fn, repeat=n, warmup=warm)]
 
 
 def search_figures(url: str, label: str, dataset: str, tiled_too: bool = True) -> list[Figure]:

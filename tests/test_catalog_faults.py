@@ -37,7 +37,7 @@ from sweepcat.cli import app
 from sweepcat.contract import read_manifests
 from sweepcat.demodata import Scale, write_batched
 from sweepcat.errors import ContractError
-from tests.support.servers import API_KEY, clean_env, free_port, sweepcat_server, wait_ready
+from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
 from tests.test_catalog import expected_array, manifests_of
 
 MIMETYPE = "application/x-sliced-hdf5"
@@ -515,16 +515,6 @@ def _read_lines_until(proc: subprocess.Popen, pattern: str, timeout: float) -> t
     return found.get("m"), lines
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_config_yaml_runs_under_tiled_serve_config(runner, small_catalog: Path, demo_manifests: Path,
                                                     demo_root: Path, tmp_path: Path):
     r = runner.invoke(app, ["config", "--catalog", str(small_catalog)], env={"SWEEPCAT_API_KEY": None})
@@ -564,7 +554,7 @@ def test_config_yaml_runs_under_tiled_serve_config(runner, small_catalog: Path, 
         np.testing.assert_array_equal(got, want)
         assert httpx.get(f"{url}/api/v1/array/full/NiPS3_per_entity/{hkey}/rixs").status_code == 401
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- 6. authentication
@@ -653,7 +643,7 @@ def test_serve_without_api_key_prints_a_generated_key_that_works(small_catalog: 
         assert httpx.get(_array_url(url, path), params={"api_key": key}).status_code == 200
         assert from_uri(url, api_key=key)["NiPS3_per_entity"]["H_sim_00002"]["xps"].shape == (5000,)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # --------------------------------------------------------------------------- 2. SIGKILL during ingest

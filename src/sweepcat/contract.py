@@ -27,7 +27,7 @@ import tempfile
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -115,11 +115,7 @@ class Locator:
                 f"locator file {path!r} is relative",
                 "pass the dataset root to url(root=...) to make it absolute",
             )
-        quoted = urllib.parse.quote(Path(path).as_posix())
-        fragment = urllib.parse.quote(self.dataset, safe="/_-.~")
-        if self.index is not None:
-            fragment += f"[{int(self.index)}]"
-        return f"file://{quoted}#{fragment}"
+        return f"file://{urllib.parse.quote(Path(path).as_posix())}#{_fragment(self.dataset, self.index)}"
 
     @classmethod
     def parse(cls, url: str) -> "Locator":
@@ -143,18 +139,32 @@ class Locator:
         )
 
 
+def _fragment(dataset: str, index: int | None) -> str:
+    text = urllib.parse.quote(str(dataset), safe="/_-.~")
+    return text if index is None else f"{text}[{int(index)}]"
+
+
+def absolute_locator_urls(paths: Iterable[str], datasets: Iterable[str],
+                          indices: Iterable[int | None]) -> list[str]:
+    """``Locator.url`` for many rows of absolute paths (index None: whole dataset); each path quoted once."""
+    quoted: dict[str, str] = {}
+    out = []
+    for path, dataset, index in zip(paths, datasets, indices):
+        q = quoted.get(path)
+        if q is None:
+            q = quoted[path] = urllib.parse.quote(Path(path).as_posix())
+        out.append(f"file://{q}#{_fragment(dataset, index)}")
+    return out
+
+
 def locator_urls(root: str, files: "pd.Series", datasets: "pd.Series", indices: "pd.Series") -> "pd.Series":
-    """Vectorised ``Locator.url`` for whole result tables."""
+    """``Locator.url`` for whole result tables of root-relative files."""
     import pandas as pd
 
-    base = "file://" + urllib.parse.quote(Path(root).as_posix().rstrip("/")) + "/"
-    quoted_files = files.map(lambda f: urllib.parse.quote(str(f)))
-    quoted_ds = datasets.map(lambda d: urllib.parse.quote(str(d), safe="/_-.~"))
-    out = base + quoted_files + "#" + quoted_ds
-    has_idx = indices.notna()
-    suffix = pd.Series("", index=indices.index, dtype=object)
-    suffix[has_idx] = "[" + indices[has_idx].astype("int64").astype(str) + "]"
-    return out + suffix
+    base = Path(root).as_posix().rstrip("/")
+    urls = absolute_locator_urls((f"{base}/{f}" for f in files), datasets,
+                                 (None if pd.isna(i) else int(i) for i in indices))
+    return pd.Series(urls, index=files.index, dtype=object)
 
 
 # --------------------------------------------------------------------------- paths

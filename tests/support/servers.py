@@ -63,6 +63,12 @@ def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = Fals
         wait_ready(url, proc)
         yield url
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server we started; kill it if it does not go within 15 s."""
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=15)

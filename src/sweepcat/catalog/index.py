@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from .. import query as q
+from ..contract import absolute_locator_urls
 from ..errors import SweepcatError
 from ..h5read import read_stacked
 from . import params
 from .db import Database, connect
+from .query import datasets_in
 from .schema import MIMETYPE, CatalogURI
 
 
@@ -108,9 +109,7 @@ class DatasetIndex:
             paths = np.asarray(t.paths, dtype=object)[fi[keep]] if len(t.paths) else np.array([], dtype=object)
             idx = t.indices[sel]
             ds = t.datasets[sel]
-            quoted = np.array([urllib.parse.quote(p) for p in t.paths], dtype=object)
-            urls = [f"file://{u}#{urllib.parse.quote(str(d), safe='/_-.~')}" + (f"[{i}]" if i >= 0 else "")
-                    for u, d, i in zip(quoted[fi[keep]] if len(t.paths) else [], ds, idx)]
+            urls = absolute_locator_urls(paths, ds, (None if i < 0 else i for i in idx.tolist()))
             parts.append(pa.table({
                 "key": pa.array(self.table.key[sel].tolist(), pa.string()),
                 "huid": pa.array(self.table.columns["huid"][sel].tolist(), pa.string())
@@ -213,16 +212,11 @@ class IndexCache:
         return index
 
     def datasets(self) -> list[dict[str, Any]]:
-        db = self.db()
-        rows = db.fetch("SELECT key, metadata FROM nodes WHERE parent = 0 ORDER BY id")
         out = []
-        for key, md in rows:
-            md = json.loads(md) if isinstance(md, str) else (md or {})
-            sc = md.get("sweepcat") if isinstance(md, dict) else None
-            if not sc or sc.get("kind") != "dataset":
-                continue
+        for d in datasets_in(self.db()):
+            sc = d.metadata["sweepcat"]
             counts = (sc.get("provenance") or {}).get("catalog_counts") or {}
-            out.append({"key": key, "label": sc.get("label", key), "hamiltonians": counts.get("hamiltonians"),
+            out.append({"key": d.key, "label": sc.get("label", d.key), "hamiltonians": counts.get("hamiltonians"),
                         "artifacts": sc.get("artifacts", {}), "parameters": sc.get("parameters", {}),
-                        "shared_axes": sc.get("shared_axes", {}), "root": sc.get("root")})
+                        "shared_axes": sc.get("shared_axes", {}), "root": d.root})
         return out

@@ -226,8 +226,7 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
     n_art = int(art_new.sum())
     art_ids = np.arange(next_node, next_node + n_art)
     next_node += n_art
-    axis_rows = _new_axes(db, axes, axes_container, existing_container=axes_container not in
-                          [c[0] for c in new_containers])
+    axis_rows = _new_axes(db, axes, axes_container, existing_container=not new_containers)
     axis_ids = np.arange(next_node, next_node + len(axis_rows))
     next_node += len(axis_rows)
     result.phases["plan"] = time.perf_counter() - t

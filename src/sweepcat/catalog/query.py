@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .db import connect
+from .db import Database, connect
 from .schema import CatalogURI, ensure_catalog
 
 
@@ -21,16 +21,20 @@ class DatasetEntry:
         return self.metadata.get("sweepcat", {}).get("root")
 
 
+def datasets_in(db: Database) -> list[DatasetEntry]:
+    """The top-level nodes sweepcat wrote as datasets, in listing order."""
+    out = []
+    for key, node_id, md in db.fetch("SELECT key, id, metadata FROM nodes WHERE parent = 0 ORDER BY id"):
+        md = json.loads(md) if isinstance(md, str) else (md or {})
+        if isinstance(md, dict) and (md.get("sweepcat") or {}).get("kind") == "dataset":
+            out.append(DatasetEntry(key, int(node_id), md))
+    return out
+
+
 def list_datasets(cat: CatalogURI) -> list[DatasetEntry]:
     ensure_catalog(cat, create=False)
     with connect(cat) as db:
-        rows = db.fetch("SELECT key, id, metadata FROM nodes WHERE parent = 0 ORDER BY id")
-    out = []
-    for key, node_id, md in rows:
-        md = json.loads(md) if isinstance(md, str) else (md or {})
-        if isinstance(md, dict) and md.get("sweepcat", {}).get("kind") == "dataset":
-            out.append(DatasetEntry(key, int(node_id), md))
-    return out
+        return datasets_in(db)
 
 
 def dataset_roots(cat: CatalogURI) -> list[str]:
