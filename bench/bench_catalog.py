@@ -47,7 +47,7 @@ def stock_http_creation(n_hams: int = 60) -> float:
     from tiled.structures.core import StructureFamily
     from tiled.structures.data_source import Asset, DataSource, Management
 
-    from sweepcat.catalog.plan import file_uri
+    from sweepcat.contract import asset_uri as file_uri
     from sweepcat.catalog.schema import ensure_catalog, parse_catalog
 
     m = _manifests()
@@ -111,7 +111,8 @@ def stock_adapter_read(m, key_rows: list[dict]) -> list[float]:
     from tiled.structures.core import StructureFamily
     from tiled.structures.data_source import Asset, DataSource, Management
 
-    from sweepcat.catalog.plan import file_uri, structure_for
+    from sweepcat.catalog.plan import structure_for
+    from sweepcat.contract import asset_uri as file_uri
 
     work = Path(tempfile.mkdtemp(prefix="sweepcat-stockread-"))
     try:

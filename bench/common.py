@@ -84,7 +84,7 @@ def sweepcat_cmd(*args: str) -> list[str]:
 
 def seed_data() -> Path:
     """The seed-scale demo data (100,000 batched Hamiltonians), made once and reused."""
-    marker = DATA / ".complete-seed-v2"  # v2: 4 files hold array data (10,000+ rows for reads)
+    marker = DATA / ".complete-seed-v3"  # v3: every array written (unwritten chunks would "read" for free)
     if not marker.exists():
         from sweepcat import demodata
 

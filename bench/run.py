@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register", "search": "bench.bench_search"}
+BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register",
+           "search": "bench.bench_search", "boundary": "bench.bench_boundary"}
 
 
 def main(argv: list[str] | None = None) -> None:

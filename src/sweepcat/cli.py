@@ -61,7 +61,11 @@ def friendly_errors() -> Iterator[None]:
 @app.command("demo-data")
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Directory to write the synthetic sweeps into."),
-    scale: str = typer.Option("small", "--scale", help="small (a few hundred entities) or seed (100,000 batched)."),
+    scale: str = typer.Option("small", "--scale", help="small (a few hundred entities) or seed (100,000 batched, "
+                              "~9 GB with every array written)."),
+    sparse: bool = typer.Option(False, "--sparse", help="Write arrays into the first 4 batched files only; the "
+                                "rest read as fill values without touching the disk. Quick tests only: reads of "
+                                "such data are not real reads."),
 ) -> None:
     """Write synthetic sweeps in all three layouts, shaped like the NiPS3 seed data.
 
@@ -77,7 +81,7 @@ def demo_data(
             raise SweepcatError(f"unknown scale {scale!r}", f"use one of {', '.join(demodata.SCALES)}")
         t0 = time.perf_counter()
         with progress_bar(f"writing {scale} demo data", demodata.work_units(demodata.SCALES[scale])) as advance:
-            dirs = demodata.write_demo(out_dir, scale, progress=advance)
+            dirs = demodata.write_demo(out_dir, scale, progress=advance, sparse=sparse)
         for layout, path in dirs.items():
             out.print(f"layout {layout}: {path}")
         out.print(f"done in {time.perf_counter() - t0:.1f} s; next: sweepcat inspect {dirs['B']} -o spec.yml")
@@ -442,12 +446,13 @@ def serve_cmd(
         config, key, generated = _server_config(catalog, public, host, port, readable)
         import uvicorn
 
+        from .catalog.schema import parse_catalog
         from .server.app import build_app
 
         app_ = build_app(config)
         url = f"http://{host}:{port}"
         roots = config["trees"][0]["args"]["readable_storage"]
-        out.print(f"sweepcat serving {catalog} at {url}  (Tiled {_tiled_version()})")
+        out.print(f"sweepcat serving {parse_catalog(catalog).display} at {url}  (Tiled {_tiled_version()})")
         out.print(f"  API key:  {key}" + ("   (generated; set SWEEPCAT_API_KEY to choose one)" if generated else ""))
         out.print(f"  web UI:   {url}/ui/?api_key={key}")
         out.print(f"  readable: {', '.join(roots) or '(no datasets yet)'}")

@@ -167,6 +167,26 @@ def locator_urls(root: str, files: "pd.Series", datasets: "pd.Series", indices: 
     return pd.Series(urls, index=files.index, dtype=object)
 
 
+# --------------------------------------------------------------------------- asset URIs
+
+# Tiled's client writes ``file://localhost`` + the raw path; only characters that would change how the URI
+# parses are escaped here, so that every ordinary path gives exactly the URI Tiled's own client writes.
+_URI_UNSAFE = str.maketrans({"%": "%25", "#": "%23", "?": "%3F"})
+
+
+def asset_uri(path: str | os.PathLike) -> str:
+    """The catalog's asset URI of an absolute local file (the one place paths become URIs)."""
+    return "file://localhost" + os.path.abspath(os.fspath(path)).translate(_URI_UNSAFE)
+
+
+def asset_path(uri: str) -> str:
+    """The local path of an asset URI (the inverse of ``asset_uri``; Tiled's raw form is read as is)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "file":
+        raise SweepcatError(f"asset {uri!r} is not a local file", "sweepcat serves file:// assets only")
+    return urllib.parse.unquote(parts.path) if "%" in parts.path else parts.path
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -476,6 +496,11 @@ def file_sha256(path: Path | None) -> str | None:
 
 
 def manifest_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """The two manifest files of dataset ``name`` in ``out_dir``; a name that is not a plain key (it
+    could lead elsewhere, e.g. ``../../x``) is refused."""
+    if not is_valid_key(name):
+        raise SweepcatError(f"dataset key {name!r} is not a valid catalog key, so it cannot name manifest files",
+                            "use letters, digits and _ . - only (set `key:` in the spec, or --label)")
     return out_dir / f"{name}{HAM_SUFFIX}", out_dir / f"{name}{ART_SUFFIX}"
 
 

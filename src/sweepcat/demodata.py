@@ -6,9 +6,12 @@ widths set by Gam_c ...), so a wrong row or a wrong slice is visible in tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -35,10 +38,11 @@ class Scale:
 
 SCALES = {
     "small": Scale(batched_files=4, rows_per_file=64, filled_files=4, per_artifact_entities=24, per_entity_entities=24),
-    # 32 x 3,125 = 100,000 Hamiltonians as in the seed; only a few files hold array data (disk stays small).
-    "seed": Scale(batched_files=32, rows_per_file=3125, filled_files=4, per_artifact_entities=500,
+    # 32 x 3,125 = 100,000 Hamiltonians as in the seed, every array written (~8.8 GB).
+    "seed": Scale(batched_files=32, rows_per_file=3125, filled_files=32, per_artifact_entities=500,
                   per_entity_entities=500),
 }
+SPARSE_FILLED = 4  # --sparse: arrays written in this many batched files only (quick tests, never benchmarks)
 DATASET_DIRS = {"B": "NiPS3_batched", "A": "NiPS3_per_artifact", "C": "NiPS3_per_entity"}
 
 
@@ -77,6 +81,21 @@ def xps_spectra(p: dict[str, np.ndarray], ax: dict[str, np.ndarray]) -> np.ndarr
     return 0.005 * (main + sat)
 
 
+@contextlib.contextmanager
+def _h5_atomic(path: Path) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name and rename it into place when complete: a reader of
+    the old file (a running server) keeps reading it, and no file is ever left half-written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_batched(out: Path, scale: Scale, seed: int = 0, progress: Progress | None = None) -> Path:
     """Layout B: NiPS3_random_rankNNNN.h5 with /RIXS (n,151,40), /XPS (n,5000), /params/* (n)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -85,13 +104,13 @@ def write_batched(out: Path, scale: Scale, seed: int = 0, progress: Progress | N
     for rank in range(scale.batched_files):
         rng = np.random.default_rng(seed * 1000 + rank)
         p = random_params(rng, n)
-        with h5py.File(out / f"NiPS3_random_rank{rank:04d}.h5", "w") as f:
+        with _h5_atomic(out / f"NiPS3_random_rank{rank:04d}.h5") as f:
             for k in ("eloss_RIXS", "ein_RIXS", "w_xps"):
                 f[k] = ax[k]
             g = f.create_group("params")
             for k, v in p.items():
                 g[k] = v
-            # Chunked per row, as simulation codes write them; unwritten chunks cost no disk.
+            # Chunked per row, as simulation codes write them (unwritten chunks, --sparse, cost no disk).
             rixs = f.create_dataset("RIXS", (n, N_ELOSS, N_EIN), dtype="f8", chunks=(1, N_ELOSS, N_EIN))
             xps = f.create_dataset("XPS", (n, N_XPS), dtype="f8", chunks=(1, N_XPS))
             if rank < scale.filled_files:
@@ -115,7 +134,7 @@ def write_per_artifact(out: Path, n_entities: int, seed: int = 1, progress: Prog
     xps = xps_spectra(p, ax).astype("f4")
     for i in range(n_entities):
         for kind, data, axis_names in (("rixs", rixs[i], ("eloss_RIXS", "ein_RIXS")), ("xps", xps[i], ("w_xps",))):
-            with h5py.File(out / f"NiPS3_{i:05d}_{kind}.h5", "w") as f:
+            with _h5_atomic(out / f"NiPS3_{i:05d}_{kind}.h5") as f:
                 f[kind.upper()] = data
                 for a in axis_names:
                     f[a] = ax[a]
@@ -135,7 +154,7 @@ def write_per_entity(out: Path, n_entities: int, seed: int = 2, progress: Progre
     rixs = rixs_maps(p, ax)
     xps = xps_spectra(p, ax)
     for i in range(n_entities):
-        with h5py.File(out / f"sim_{i:05d}.h5", "w") as f:
+        with _h5_atomic(out / f"sim_{i:05d}.h5") as f:
             for k in ("eloss_RIXS", "ein_RIXS", "w_xps", "field", "freq"):
                 f[k] = ax[k]
             g = f.create_group("params")
@@ -155,8 +174,13 @@ def work_units(scale: Scale) -> int:
     return scale.batched_files + scale.per_artifact_entities + scale.per_entity_entities
 
 
-def write_demo(out: str | Path, scale_name: str = "small", progress: Progress | None = None) -> dict[str, Path]:
+def write_demo(out: str | Path, scale_name: str = "small", progress: Progress | None = None,
+               sparse: bool = False) -> dict[str, Path]:
+    """The three demo datasets under ``out``. ``sparse`` writes arrays into the first few batched files
+    only (the rest read as fill values without touching the disk): for quick tests, never benchmarks."""
     scale = SCALES[scale_name]
+    if sparse:
+        scale = replace(scale, filled_files=min(scale.filled_files, SPARSE_FILLED))
     root = Path(out)
     return {
         "B": write_batched(root / DATASET_DIRS["B"], scale, progress=progress),

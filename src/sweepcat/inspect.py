@@ -13,11 +13,11 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from .errors import Problem, SweepcatError
-from .h5scan import H5_SUFFIXES, FileScan, list_files, scan_file
+from .h5open import session
+from .h5scan import H5_SUFFIXES, FileScan, list_files, read_parameters, scan_file
 from .spec import ArtifactSpec, DatasetSpec, SourceSpec
 
 Progress = Callable[[int], None]
@@ -77,12 +77,11 @@ def _non_param(scan: FileScan) -> dict[str, tuple[int, ...]]:
 
 def _read_1d(root: Path, rel: str, path: str, limit: int = 1_000_000) -> np.ndarray | None:
     try:
-        with h5py.File(root / rel, "r") as f:
-            ds = f[path]
+        with session([root]).dataset(str(root / rel), path) as ds:
             if ds.ndim != 1 or ds.shape[0] > limit or ds.dtype.kind not in "iuf":
                 return None
             return ds[()]
-    except (OSError, KeyError, RuntimeError):
+    except (SweepcatError, OSError, KeyError, RuntimeError):
         return None
 
 
@@ -159,6 +158,7 @@ def inspect_directory(root: str | os.PathLike, progress: Progress | None = None)
     if not root_path.is_dir():
         raise SweepcatError(f"{root}: not a directory", "pass the directory that holds the HDF5 files")
     every = list_files(root_path)
+    opener = session([root_path])
     report = InspectReport(root=root_path, spec=None)
     scans: list[FileScan] = []
     for rel in every:
@@ -168,13 +168,16 @@ def inspect_directory(root: str | os.PathLike, progress: Progress | None = None)
                 report.notes.append(
                     f"{rel}: not an HDF5 file name; ignored (ask the provider for HDF5 if it holds data)")
             continue
-        scan = scan_file(root_path, rel)
+        scan = scan_file(root_path, rel, opener)
         if progress:
             progress(1)
         if scan.error:
             report.problems.append(Problem(rel, scan.error,
                                            "re-copy or regenerate the file, or move it out of the directory"))
             continue
+        for name, why in scan.refused:
+            report.problems.append(Problem(f"{rel}#{name}", why, "write the data into the file, or into files "
+                                           "inside the dataset root (links and external storage may not leave it)"))
         scans.append(scan)
     report.n_files = len(scans)
     if not scans:
@@ -306,14 +309,14 @@ def _check_parameters(root: Path, report: InspectReport) -> None:
     """NaN or inf parameters, read vectorised: one read per parameter dataset per file."""
     for src in report.sources:
         for rel in src.files:
+            opener = session([root])
             try:
-                with h5py.File(root / rel, "r") as f:
-                    if src.spec.params_group is None:
-                        values = {k: np.asarray([v]) for k, v in f.attrs.items() if k in src.params}
-                    else:
-                        grp = f[src.spec.params_group]
-                        values = {k: np.atleast_1d(grp[k][()]) for k in src.params if k in grp}
-            except (OSError, KeyError, RuntimeError) as exc:
+                handle = opener.acquire(str(root / rel))
+                try:
+                    values, _ = read_parameters(opener, handle, src.spec.params_group, src.params)
+                finally:
+                    opener.release(handle)
+            except (SweepcatError, OSError, KeyError, RuntimeError) as exc:
                 report.problems.append(Problem(rel, f"parameters cannot be read ({exc})", "regenerate the file"))
                 continue
             for name, arr in values.items():

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
-from .contract import DatasetDescription, Manifests, normalize_strings, to_key
+from .contract import DatasetDescription, Manifests, normalize_strings, path_problem, to_key
 from .errors import ContractError, Problem, SweepcatError
-from .h5scan import describe_open_error, dtype_name
+from .h5open import DatasetMissing, FileRefused, H5Handle, Opener, session
+from .h5scan import describe_open_error, dtype_name, read_parameters
 from .spec import DatasetSpec, SourceSpec
 
 Progress = Callable[[int], None]
@@ -52,13 +52,21 @@ class _Build:
 
 
 def source_files(root: Path, source: SourceSpec, problems: list[Problem]) -> list[str]:
+    """Files matched by a source's patterns, relative to the root; any that would leave it are problems."""
     found: set[str] = set()
     for pattern in source.files:
-        matched = [p for p in root.glob(pattern) if p.is_file()]
+        matched = [p for p in root.glob(pattern) if not p.is_dir()]  # FIFOs too: refused by name when read
         if not matched:
             problems.append(Problem(f"spec files {pattern!r}", f"matches no file under {root}",
                                     "fix the glob pattern (relative to root), or remove it"))
-        found.update(p.relative_to(root).as_posix() for p in matched)
+        for p in matched:
+            rel = p.relative_to(root).as_posix()
+            why = path_problem(rel, root)
+            if why:
+                problems.append(Problem(f"spec files {pattern!r}", f"matches {rel!r}, which {why}",
+                                        "list files inside the dataset root only"))
+            else:
+                found.add(rel)
     return sorted(found)
 
 
@@ -110,20 +118,18 @@ def _stem(rel: str, pattern: re.Pattern[str] | None) -> str:
     return stem
 
 
-def _read_params(f: h5py.File, source: SourceSpec, rel: str, build: _Build) -> dict[str, np.ndarray] | None:
-    if source.params_group is None:
-        names = source.params or sorted(k for k, v in f.attrs.items() if np.ndim(v) == 0)
-        missing = [n for n in names if n not in f.attrs]
-        values = {n: np.atleast_1d(np.asarray(f.attrs[n])) for n in names if n in f.attrs}
-    else:
-        grp = f.get(source.params_group)
-        if not isinstance(grp, h5py.Group):
-            build.problems.append(Problem(rel, f"missing parameter group {source.params_group}",
-                                          "regenerate the file, or exclude it from the spec's files"))
-            return None
-        names = source.params or sorted(k for k, v in grp.items() if isinstance(v, h5py.Dataset))
-        missing = [n for n in names if n not in grp]
-        values = {n: np.atleast_1d(grp[n][()]) for n in names if n in grp}
+def _read_params(opener: Opener, handle: H5Handle, source: SourceSpec, rel: str,
+                 build: _Build) -> dict[str, np.ndarray] | None:
+    try:
+        values, missing = read_parameters(opener, handle, source.params_group, source.params)
+    except DatasetMissing:
+        build.problems.append(Problem(rel, f"missing parameter group {source.params_group}",
+                                      "regenerate the file, or exclude it from the spec's files"))
+        return None
+    except FileRefused as exc:
+        build.problems.append(Problem(f"{rel}#{source.params_group}", exc.reason,
+                                      "keep parameters in the file (links and external storage may not leave it)"))
+        return None
     if missing:
         where = source.params_group or "root attributes"
         build.problems.append(Problem(rel, f"missing parameter(s) {', '.join(missing)} in {where}",
@@ -132,16 +138,22 @@ def _read_params(f: h5py.File, source: SourceSpec, rel: str, build: _Build) -> d
     return values
 
 
-def _read_file(root: Path, rel: str, source: SourceSpec, spec: DatasetSpec, build: _Build,
-               pattern: re.Pattern[str] | None, nan_policy: str) -> None:
+def _read_file(root: Path, rel: str, source: SourceSpec, build: _Build, pattern: re.Pattern[str] | None,
+               nan_policy: str, opener: Opener) -> None:
     try:
-        f = h5py.File(root / rel, "r")
+        handle = opener.acquire(str(root / rel))
+    except FileRefused as exc:
+        build.problems.append(Problem(rel, exc.reason, "keep data files as regular files inside the dataset root"))
+        return
+    except FileNotFoundError:
+        build.problems.append(Problem(rel, "disappeared while being read", "check what else writes the directory"))
+        return
     except (OSError, RuntimeError) as exc:
         build.problems.append(Problem(rel, describe_open_error(exc), "re-copy or regenerate the file"))
         return
-    with f:
+    try:
         try:
-            params = _read_params(f, source, rel, build)
+            params = _read_params(opener, handle, source, rel, build)
         except (OSError, RuntimeError) as exc:
             build.problems.append(Problem(rel, f"parameters cannot be read ({exc})", "regenerate the file"))
             return
@@ -156,12 +168,22 @@ def _read_file(root: Path, rel: str, source: SourceSpec, spec: DatasetSpec, buil
         n = lengths.pop() if lengths else 1
         types = []
         for art_type, art in source.artifacts.items():
-            ds = f.get(art.dataset)
-            if not isinstance(ds, h5py.Dataset):
+            held: list[H5Handle] = []
+            try:
+                ds = opener.resolve(handle, art.dataset, held)
+                shape, dtype = list(ds.shape), dtype_name(ds.dtype)
+            except FileRefused as exc:
+                build.problems.append(Problem(f"{rel}#{art.dataset}", exc.reason,
+                                              "write the data into files inside the dataset root (links and "
+                                              "external storage may not leave it)"))
+                continue
+            except DatasetMissing:
                 build.problems.append(Problem(rel, f"missing dataset {art.dataset} (artifact {art_type!r})",
                                               "regenerate the file, or exclude it from the spec's files"))
                 continue
-            shape = list(ds.shape)
+            finally:
+                for h in held:
+                    opener.release(h)
             if batched:
                 if not shape or shape[0] != n:
                     build.problems.append(Problem(
@@ -169,7 +191,6 @@ def _read_file(root: Path, rel: str, source: SourceSpec, spec: DatasetSpec, buil
                         "a batched dataset needs one row per entity along axis 0"))
                     continue
                 shape = shape[1:]
-            dtype = dtype_name(ds.dtype)
             if art.shape is not None and list(art.shape) != shape:
                 build.problems.append(Problem(rel, f"ragged: {art.dataset} has entity shape {shape}, "
                                               f"the spec says {list(art.shape)}",
@@ -180,6 +201,8 @@ def _read_file(root: Path, rel: str, source: SourceSpec, spec: DatasetSpec, buil
                                               "write one dtype per artifact type, or fix the spec"))
                 continue
             types.append((art_type, art.dataset, shape, dtype, art.axes))
+    finally:
+        opener.release(handle)
 
     null_mask = None
     keep = np.ones(n, dtype=bool)
@@ -295,6 +318,7 @@ def build_manifests(spec: DatasetSpec, *, limit: int | None = None, nan_policy: 
         raise SweepcatError(f"spec root {root} is not a directory", "fix 'root' in the spec")
     policy = nan_policy or spec.nan_policy
     build = _Build()
+    opener = session([root])
     for source in spec.sources:
         pattern = re.compile(source.stem_pattern) if source.stem_pattern else None
         files = source_files(root, source, build.problems)
@@ -303,7 +327,7 @@ def build_manifests(spec: DatasetSpec, *, limit: int | None = None, nan_policy: 
             if limit is not None and count >= limit:
                 break
             before = len(build.chunks)
-            _read_file(root, rel, source, spec, build, pattern, policy)
+            _read_file(root, rel, source, build, pattern, policy, opener)
             if len(build.chunks) > before:
                 count += len(build.chunks[-1].huids)
             if progress:

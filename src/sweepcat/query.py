@@ -36,7 +36,11 @@ _TOKEN = re.compile(r"""
   | (?P<name>[A-Za-z_][A-Za-z0-9_.]*)
 """, re.X)
 KEYWORDS = {"and", "or", "not", "in", "between", "true", "false"}
-MAX_LENGTH = 10_000
+# Limits, so that no query costs the server more than a quick answer (each is named when exceeded).
+MAX_LENGTH = 10_000  # characters
+MAX_DEPTH = 32  # nested parentheses and `not`s
+MAX_TESTS = 1_000  # comparisons, memberships and ranges
+MAX_IN_VALUES = 10_000  # values in one `in (...)` list
 
 
 class QueryError(SweepcatError):
@@ -83,7 +87,8 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise QueryError(f"query {text!r}: unexpected character {text[pos]!r} at position {pos}",
+            shown = text if len(text) <= 200 else text[:200] + "..."
+            raise QueryError(f"query {shown!r}: unexpected character {text[pos]!r} at position {pos}",
                              "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
         kind = m.lastgroup
         if kind != "ws":
@@ -95,17 +100,25 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def _limit(what: str, limit: int, hint: str) -> QueryError:
+    return QueryError(f"query too complex: more than {limit:,} {what}", hint)
+
+
 class _Parser:
     def __init__(self, text: str):
         if len(text) > MAX_LENGTH:
-            raise QueryError(f"query of {len(text)} characters is longer than {MAX_LENGTH}", "shorten it")
+            raise QueryError(f"query too long: {len(text):,} characters, the limit is {MAX_LENGTH:,}",
+                             "shorten it; for long lists of keys use `key in (...)` on fewer keys per query")
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
+        self.tests = 0
 
     def fail(self, what: str) -> QueryError:
         at = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
-        return QueryError(f"query {self.text!r}: {what} at position {at}",
+        shown = self.text if len(self.text) <= 200 else self.text[:200] + "..."
+        return QueryError(f"query {shown!r}: {what} at position {at}",
                           "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
 
     def peek(self) -> tuple[str, str] | None:
@@ -144,14 +157,22 @@ class _Parser:
 
     def factor(self) -> Node:
         tok = self.peek()
-        if tok == ("kw", "not"):
+        if tok in (("kw", "not"), ("punct", "(")):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _limit("nested parentheses or `not`s", MAX_DEPTH, "flatten the query: `not` twice cancels, "
+                             "and `a and (b and c)` is `a and b and c`")
             self.i += 1
-            return Not(self.factor())
-        if tok == ("punct", "("):
-            self.i += 1
-            node = self.expr()
-            self.take("punct", ")")
+            if tok == ("kw", "not"):
+                node: Node = Not(self.factor())
+            else:
+                node = self.expr()
+                self.take("punct", ")")
+            self.depth -= 1
             return node
+        self.tests += 1
+        if self.tests > MAX_TESTS:
+            raise _limit("comparisons", MAX_TESTS, "use `in (...)` or `between` instead of many comparisons")
         return self.test()
 
     def value(self) -> Any:
@@ -161,13 +182,26 @@ class _Parser:
         kind, text = tok
         self.i += 1
         if kind == "num":
-            return float(text) if re.search(r"[.eE]", text) else int(text)
+            return self.number(text)
         if kind == "str":
             return re.sub(r"\\(.)", r"\1", text[1:-1])
         if kind == "kw" and text in ("true", "false"):
             return text == "true"
         self.i -= 1
         raise self.fail(f"expected a value, found {text!r}")
+
+    def number(self, text: str) -> int | float:
+        """Integers stay exact within int64; anything else is a float, which must be finite."""
+        if not re.search(r"[.eE]", text) and len(text) <= 19:
+            value = int(text)
+            if -(2**63) <= value < 2**63:
+                return value
+        value = float(text)
+        if not np.isfinite(value):
+            self.i -= 1
+            raise self.fail(f"number {text[:40]}{'...' if len(text) > 40 else ''} is out of range (beyond "
+                            f"+-{np.finfo(np.float64).max:.3g})")
+        return value
 
     def test(self) -> Node:
         name = self.take("name")
@@ -190,6 +224,8 @@ class _Parser:
             while self.peek() == ("punct", ","):
                 self.i += 1
                 values.append(self.value())
+                if len(values) > MAX_IN_VALUES:
+                    raise _limit("values in one `in (...)` list", MAX_IN_VALUES, "split the list over queries")
             self.take("punct", ")")
             return Member(name, tuple(values), negated)
         if tok == ("kw", "between") and not negated:

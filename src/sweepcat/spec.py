@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .contract import NAN_POLICIES, to_key
+from .contract import NAN_POLICIES, is_valid_key, to_key
 from .errors import SweepcatError
 
 LAYOUTS = {
@@ -129,6 +129,10 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
         ))
     if not sources:
         raise _fail(where, "no sources")
+    key = data.get("key")
+    if key is not None and not is_valid_key(str(key)):
+        raise _fail(where, f"key {key!r} is not a valid catalog key (it names the manifest files and the "
+                    "dataset's node): use letters, digits and _ . - + = @ : only, without '/' or '..'")
     nan_policy = data.get("nan_policy", "error")
     if nan_policy not in NAN_POLICIES:
         raise _fail(where, f"nan_policy {nan_policy!r}; use one of {', '.join(NAN_POLICIES)}")
@@ -136,7 +140,7 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
         label=str(data["label"]),
         root=str(root),
         sources=sources,
-        key=data.get("key"),
+        key=None if key is None else str(key),
         metadata=dict(data.get("metadata") or {}),
         shared_axes=dict(data.get("shared_axes") or {}),
         key_template=str(data.get("key_template", "H_{huid}")),

@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from .. import query as q
-from ..contract import absolute_locator_urls
+from ..contract import absolute_locator_urls, asset_path
 from ..errors import SweepcatError
-from ..h5read import read_stacked
+from ..h5open import FileRule, Opener
+from ..h5read import Stack, read_stacked
 from . import params
 from .db import Database, connect
 from .query import datasets_in
@@ -48,7 +49,9 @@ class DatasetIndex:
     version: int
     metadata: dict[str, Any]
     table: params.ParamTable
+    root: str | None  # recorded by ingest or register (never taken from node metadata)
     _types: dict[str, TypeLocators] | None = None
+    _refused: dict[tuple[str, tuple[str, ...]], np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -70,8 +73,7 @@ class DatasetIndex:
             raise q.QueryError(f"unknown parameter {name!r}", f"valid parameters: {', '.join(self.parameters)}")
         col = self.table.columns[name]
         if col.dtype.kind != "f":
-            values, counts = np.unique(col[rows].astype(str), return_counts=True)
-            return {"name": name, "count": int(len(rows)), "distinct": dict(zip(values.tolist(), counts.tolist()))}
+            return _distinct(col[rows], name)
         values = col[rows]
         values = values[~np.isnan(values)]
         if not len(values):
@@ -94,6 +96,28 @@ class DatasetIndex:
             if self._types is None:
                 self._types = _load_locators(db, self)
             return self._types
+
+    def outside(self, db: Database, rows: np.ndarray, type_: str | None, rule: FileRule) -> str | None:
+        """The first file of ``rows`` (of ``type_``, or any type) whose real path the rule refuses, or None.
+
+        Which files pass is computed once per index version and rule (one realpath per distinct file)."""
+        for name, t in self.types(db).items():
+            if type_ is not None and name != type_:
+                continue
+            with self._lock:
+                refused = self._refused.get((name, rule.roots))
+                if refused is None:
+                    refused = np.fromiter((not rule.permits_path(p) for p in t.paths), dtype=bool,
+                                          count=len(t.paths))
+                    self._refused[(name, rule.roots)] = refused
+            if not refused.any():
+                continue
+            fi = t.file_idx[rows]
+            bad = fi[(fi >= 0)]
+            bad = bad[refused[bad]]
+            if len(bad):
+                return t.paths[int(bad[0])]
+        return None
 
     def locator_table(self, db: Database, rows: np.ndarray, type_: str | None = None) -> pa.Table:
         types = self.types(db)
@@ -124,7 +148,8 @@ class DatasetIndex:
             return pa.table({"key": [], "huid": [], "type": [], "file": [], "dataset": [], "index": [], "url": []})
         return pa.concat_tables(parts)
 
-    def read(self, db: Database, rows: np.ndarray, type_: str, opener: Any = None, close: bool = True) -> np.ndarray:
+    def stack(self, db: Database, rows: np.ndarray, type_: str) -> Stack:
+        """Where the ``type_`` artifacts of ``rows`` live, in row order (for a stacked read)."""
         types = self.types(db)
         if type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
@@ -134,13 +159,31 @@ class DatasetIndex:
             missing = self.table.key[rows[fi < 0]][:5].tolist()
             raise SweepcatError(f"{self.key}: Hamiltonians without a {type_!r} artifact: {', '.join(missing)}",
                                 f"narrow the query to Hamiltonians that have {type_!r}")
-        return read_stacked(t.paths, fi, t.datasets[rows], t.indices[rows], t.shape, t.dtype,
-                            opener=opener, close=close)
+        return Stack(t.paths, fi, t.datasets[rows], t.indices[rows], t.shape, t.dtype)
+
+    def read(self, db: Database, rows: np.ndarray, type_: str, opener: Opener) -> np.ndarray:
+        return read_stacked(self.stack(db, rows, type_), opener)
+
+
+MAX_DISTINCT = 1000  # values listed by a text facet
+MAX_VALUE_CHARS = 200  # characters of each listed value
+
+
+def _distinct(values: np.ndarray, name: str) -> dict[str, Any]:
+    """Counts of a text parameter's values, most frequent first: memory grows with the rows, never with the
+    length of the longest value (no fixed-width copies)."""
+    import pandas as pd
+
+    counts = pd.Series(values, dtype=object).value_counts(dropna=True)
+    shown = counts.iloc[:MAX_DISTINCT]
+    distinct = {(str(k) if len(str(k)) <= MAX_VALUE_CHARS else str(k)[:MAX_VALUE_CHARS] + "..."): int(v)
+                for k, v in shown.items()}
+    return {"name": name, "count": int(counts.sum()), "distinct": distinct, "distinct_total": int(len(counts)),
+            "truncated": bool(len(counts) > MAX_DISTINCT)}
 
 
 def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]:
     from tiled.structures.array import ArrayStructure
-    from tiled.utils import path_from_uri
 
     rows = db.fetch(
         "SELECT n.parent, n.key, ds.parameters, a.data_uri, st.structure FROM nodes p "
@@ -166,7 +209,7 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
         ids = path_ids[type_]
         if uri not in ids:
             ids[uri] = len(t.paths)
-            t.paths.append(str(path_from_uri(uri)))
+            t.paths.append(asset_path(uri))
         p = json.loads(parameters) if isinstance(parameters, str) else parameters
         t.file_idx[pos] = ids[uri]
         t.datasets[pos] = p.get("dataset", "/")
@@ -190,6 +233,9 @@ class IndexCache:
             self._local.db = db
         return db
 
+    def exists(self, dataset: str) -> bool:
+        return bool(self.db().fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset))
+
     def get(self, dataset: str) -> DatasetIndex:
         db = self.db()
         reg = params.registry(db, dataset)
@@ -199,14 +245,13 @@ class IndexCache:
                 raise LookupError(dataset)
             raise SweepcatError(f"dataset {dataset!r} has no parameter index (registered by another tool?)",
                                 f"build it with `sweepcat reindex {dataset} --catalog ...`")
-        dataset_id, version, columns = reg
         cached = self._indexes.get(dataset)
-        if cached is not None and cached.version == version and cached.dataset_id == dataset_id:
+        if cached is not None and cached.version == reg.version and cached.dataset_id == reg.dataset_id:
             return cached
-        table = params.load(db, dataset_id, version, list(columns), columns)
-        md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", dataset_id)[0][0]
+        table = params.load(db, reg.dataset_id, reg.version, list(reg.columns), reg.columns)
+        md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", reg.dataset_id)[0][0]
         md = json.loads(md) if isinstance(md, str) else md
-        index = DatasetIndex(dataset, dataset_id, version, md, table)
+        index = DatasetIndex(dataset, reg.dataset_id, reg.version, md, table, reg.root)
         with self._lock:
             self._indexes[dataset] = index
         return index
@@ -214,7 +259,7 @@ class IndexCache:
     def datasets(self) -> list[dict[str, Any]]:
         out = []
         for d in datasets_in(self.db()):
-            sc = d.metadata["sweepcat"]
+            sc = d.metadata.get("sweepcat") or {}
             counts = (sc.get("provenance") or {}).get("catalog_counts") or {}
             out.append({"key": d.key, "label": sc.get("label", d.key), "hamiltonians": counts.get("hamiltonians"),
                         "artifacts": sc.get("artifacts", {}), "parameters": sc.get("parameters", {}),

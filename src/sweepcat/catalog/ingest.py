@@ -25,12 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import Manifests, validate
+from ..contract import Manifests, asset_uri, validate
 from ..errors import ContractError, SweepcatError
+from ..h5open import Opener, session
 from . import params
 from .db import Database, connect
 from .delete import delete_node_ids
-from .plan import AXES_KEY, IngestPlan, build_plan, compact_json, file_uri, structure_for
+from .plan import AXES_KEY, IngestPlan, build_plan, compact_json, structure_for
 from .schema import MIMETYPE, CatalogURI, ensure_catalog, parse_catalog
 from .verify import AxisInfo, read_axes, verify_against_files
 
@@ -71,7 +72,8 @@ class IngestResult:
 
 
 def prepare(manifests: Manifests, *, verify_sample: int | None = 2000,
-            progress: Callable[[int], None] | None = None) -> tuple[IngestPlan, list[AxisInfo]]:
+            progress: Callable[[int], None] | None = None,
+            opener: Opener | None = None) -> tuple[IngestPlan, list[AxisInfo]]:
     """Validate manifests and check them against the files; nothing touches the catalog."""
     d = manifests.description
     problems = validate(manifests.ham, manifests.art, root=d.root, check_files_exist=True)
@@ -82,20 +84,26 @@ def prepare(manifests: Manifests, *, verify_sample: int | None = 2000,
         raise SweepcatError(f"the artifacts manifest has no {' or '.join(missing)} column",
                             "regenerate it with `sweepcat manifest` (it records shape and dtype per artifact)")
     plan = build_plan(manifests)
-    problems = verify_against_files(manifests.art, d.root, plan.types, sample=verify_sample, progress=progress)
+    opener = opener or session([d.root])
+    problems = verify_against_files(manifests.art, d.root, plan.types, sample=verify_sample, progress=progress,
+                                    opener=opener)
     if problems:
         raise ContractError(problems, subject=f"files of dataset {d.key!r}")
-    return plan, read_axes(plan.axes, d.root)
+    return plan, read_axes(plan.axes, d.root, opener)
 
 
 def ingest(manifests: Manifests, catalog: str | CatalogURI | None = None, *, update: bool = False,
-           prune: bool = False, verify_sample: int | None = 2000, progress: Progress | None = None) -> IngestResult:
-    """Write one dataset's manifests into a catalog: atomic, idempotent, incremental."""
+           prune: bool = False, verify_sample: int | None = 2000, progress: Progress | None = None,
+           opener: Opener | None = None) -> IngestResult:
+    """Write one dataset's manifests into a catalog: atomic, idempotent, incremental.
+
+    Files are checked under ``opener``'s file rule (default: the dataset root; a server registering
+    passes its readable storage)."""
     t0 = time.perf_counter()
     say = progress or (lambda _: None)
     cat = catalog if isinstance(catalog, CatalogURI) else parse_catalog(catalog)
     say("checking manifests against the HDF5 files")
-    plan, axes = prepare(manifests, verify_sample=verify_sample)
+    plan, axes = prepare(manifests, verify_sample=verify_sample, opener=opener)
     t_prep = time.perf_counter()
     say(f"opening catalog {cat.display}")
     created = ensure_catalog(cat)
@@ -311,6 +319,7 @@ def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool
 
     t = time.perf_counter()
     columns = params.ensure_tables(db, ds_id, plan.dataset_key, params.searchable_columns(plan.ham, db.dialect))
+    params.record_root(db, ds_id, plan.root)
     params.write_rows(db, ds_id, ham_ids[new_ham], plan.ham.take(pa.array(new_ham)), columns)
     if update and present.any():
         where = np.flatnonzero(present)
@@ -385,7 +394,7 @@ def _data_sources(db: Database, plan: IngestPlan, art_ids: np.ndarray, art_sel: 
     files = plan.art_file.take(art_sel) if n_art else pa.array([], pa.string())
     unique_files = pc.unique(files).to_pylist() + [a.file for a in axis_rows]
     root = plan.root.rstrip("/")
-    uri_of = {f: file_uri(f"{root}/{f}") for f in unique_files}
+    uri_of = {f: asset_uri(f"{root}/{f}") for f in unique_files}
     asset_of = _asset_ids(db, sorted(set(uri_of.values())))
     file_asset = pa.array([asset_of[uri_of[f]] for f in pc.unique(files).to_pylist()], pa.int64())
     asset_ids = pc.take(file_asset, pc.index_in(files, value_set=pc.unique(files))) if n_art else pa.array([], pa.int64())

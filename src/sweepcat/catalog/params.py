@@ -53,10 +53,40 @@ def searchable_columns(ham: pa.Table, dialect: str) -> dict[str, str]:
     return out
 
 
+def registry_exists(db: Database) -> bool:
+    exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", REGISTRY)
+              if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", REGISTRY))
+    return bool(exists) and exists[0][0] is not None
+
+
 def _ensure_registry(db: Database) -> None:
+    """The registry of sweepcat's datasets. ``root`` is the data directory recorded by ``ingest`` (the
+    operator) or by ``register`` after its readable-storage check; Tiled's API cannot write it."""
     db.execute(f"CREATE TABLE IF NOT EXISTS {REGISTRY} (dataset_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
                "ON DELETE CASCADE, key TEXT NOT NULL, table_name TEXT NOT NULL, columns TEXT NOT NULL, "
-               "version BIGINT NOT NULL DEFAULT 0)")
+               "version BIGINT NOT NULL DEFAULT 0, root TEXT)")
+    if db.dialect == "postgresql":
+        db.execute(f"ALTER TABLE {REGISTRY} ADD COLUMN IF NOT EXISTS root TEXT")
+    elif "root" not in {row[1] for row in db.fetch(f"PRAGMA table_info({REGISTRY})")}:
+        db.execute(f"ALTER TABLE {REGISTRY} ADD COLUMN root TEXT")  # registries written before roots were kept
+
+
+def record_root(db: Database, dataset_id: int, root: str) -> None:
+    db.execute(f"UPDATE {REGISTRY} SET root = ? WHERE dataset_id = ?", root, dataset_id)
+
+
+def recorded_root(db: Database, dataset_id: int) -> str | None:
+    if not registry_exists(db) or not has_root_column(db):
+        return None
+    row = db.fetch(f"SELECT root FROM {REGISTRY} WHERE dataset_id = ?", dataset_id)
+    return row[0][0] if row else None
+
+
+def recorded_roots(db: Database) -> list[str]:
+    """The data roots sweepcat recorded for its datasets (never taken from node metadata)."""
+    if not registry_exists(db) or not has_root_column(db):
+        return []
+    return sorted({r for (r,) in db.fetch(f"SELECT root FROM {REGISTRY} WHERE root IS NOT NULL")})
 
 
 def ensure_tables(db: Database, dataset_id: int, dataset_key: str, columns: dict[str, str]) -> list[str]:
@@ -162,17 +192,39 @@ class ParamTable:
         return len(self.node_id)
 
 
-def registry(db: Database, dataset_key: str) -> tuple[int, int, dict[str, str]] | None:
-    """(dataset id, version, {column: SQL type}) of a dataset's parameter table, or None."""
-    exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", REGISTRY)
-              if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", REGISTRY))
-    if not exists or exists[0][0] is None:
+@dataclass(frozen=True)
+class Registration:
+    """A dataset in sweepcat's registry: its parameter table's version and columns, its recorded root."""
+
+    dataset_id: int
+    version: int
+    columns: dict[str, str]  # name -> SQL type
+    root: str | None
+
+
+def has_root_column(db: Database) -> bool:
+    known = getattr(db, "_sweepcat_registry_root", None)
+    if known is None:
+        if db.dialect == "sqlite":
+            known = "root" in {row[1] for row in db.fetch(f"PRAGMA table_info({REGISTRY})")}
+        else:
+            known = bool(db.fetch("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND "
+                                  "column_name = 'root'", REGISTRY))
+        if known:  # a column once there stays there; its absence is looked up again
+            db._sweepcat_registry_root = True  # type: ignore[attr-defined]
+    return known
+
+
+def registry(db: Database, dataset_key: str) -> Registration | None:
+    """A dataset's registration, or None when sweepcat did not ingest or register it."""
+    if not registry_exists(db):
         return None
-    row = db.fetch(f"SELECT r.dataset_id, r.version, r.columns FROM {REGISTRY} r JOIN nodes n ON n.id = r.dataset_id "
-                   "WHERE n.parent = 0 AND n.key = ?", dataset_key)
+    root = "r.root" if has_root_column(db) else "NULL"
+    row = db.fetch(f"SELECT r.dataset_id, r.version, r.columns, {root} FROM {REGISTRY} r "
+                   "JOIN nodes n ON n.id = r.dataset_id WHERE n.parent = 0 AND n.key = ?", dataset_key)
     if not row:
         return None
-    return int(row[0][0]), int(row[0][1]), dict(json.loads(row[0][2]))
+    return Registration(int(row[0][0]), int(row[0][1]), dict(json.loads(row[0][2])), row[0][3])
 
 
 def load(db: Database, dataset_id: int, version: int, column_names: list[str],
@@ -212,9 +264,12 @@ def reindex(db: Database, dataset_id: int, dataset_key: str) -> int:
     kinds = searchable_columns(pa.Table.from_pylist(records), db.dialect)
     t = table_name(dataset_id)
     _ensure_registry(db)
+    root = recorded_root(db, dataset_id)
     db.execute(f"DROP TABLE IF EXISTS {t}")
     db.execute(f"DELETE FROM {REGISTRY} WHERE dataset_id = ?", dataset_id)
     columns = ensure_tables(db, dataset_id, dataset_key, kinds)
+    if root is not None:
+        record_root(db, dataset_id, root)
     fill_from_nodes(db, dataset_id, {c: kinds[c] for c in columns})
     ensure_indexes(db, dataset_id, columns)
     bump(db, dataset_id)

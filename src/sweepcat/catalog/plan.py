@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,11 +29,6 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def file_uri(path: str | Path) -> str:
-    """The asset URI Tiled's client writes for a local file (``file://localhost/abs``)."""
-    from tiled.utils import ensure_uri
-
-    return ensure_uri(str(Path(path).absolute()))
 
 
 def structure_for(shape: list[int], dtype: str, dims: list[str] | None) -> tuple[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Reading what sweepcat wrote: datasets, their roots and descriptions."""
+"""Reading what sweepcat wrote: its datasets (those in its registry), their recorded roots and descriptions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import params
 from .db import Database, connect
 from .schema import CatalogURI, ensure_catalog
 
@@ -15,19 +16,23 @@ class DatasetEntry:
     key: str
     node_id: int
     metadata: dict[str, Any]
-
-    @property
-    def root(self) -> str | None:
-        return self.metadata.get("sweepcat", {}).get("root")
+    root: str | None  # recorded by ingest or register; node metadata is never trusted for it
 
 
 def datasets_in(db: Database) -> list[DatasetEntry]:
-    """The top-level nodes sweepcat wrote as datasets, in listing order."""
+    """The datasets sweepcat ingested or registered (its registry, not node metadata), in listing order.
+
+    A container that merely claims to be a dataset in its metadata (anyone with write access can
+    write that through Tiled's API) is not one."""
+    if not params.registry_exists(db):
+        return []
+    root = "r.root" if params.has_root_column(db) else "NULL"
     out = []
-    for key, node_id, md in db.fetch("SELECT key, id, metadata FROM nodes WHERE parent = 0 ORDER BY id"):
+    for key, node_id, md, recorded in db.fetch(
+            f"SELECT n.key, n.id, n.metadata, {root} FROM {params.REGISTRY} r JOIN nodes n ON n.id = r.dataset_id "
+            "WHERE n.parent = 0 ORDER BY n.id"):
         md = json.loads(md) if isinstance(md, str) else (md or {})
-        if isinstance(md, dict) and (md.get("sweepcat") or {}).get("kind") == "dataset":
-            out.append(DatasetEntry(key, int(node_id), md))
+        out.append(DatasetEntry(key, int(node_id), md if isinstance(md, dict) else {}, recorded))
     return out
 
 
@@ -38,4 +43,8 @@ def list_datasets(cat: CatalogURI) -> list[DatasetEntry]:
 
 
 def dataset_roots(cat: CatalogURI) -> list[str]:
-    return sorted({d.root for d in list_datasets(cat) if d.root})
+    """The data roots sweepcat recorded when it ingested or registered datasets (not node metadata,
+    which any writer can edit through Tiled's API)."""
+    ensure_catalog(cat, create=False)
+    with connect(cat) as db:
+        return params.recorded_roots(db)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import h5py
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..contract import path_problem
 from ..errors import ContractError, Problem
+from ..h5open import DatasetMissing, FileRefused, H5Handle, Opener, session
 from ..h5scan import describe_open_error, dtype_name
 
 
@@ -43,8 +43,12 @@ def _groups(art: pa.Table) -> list[dict]:
 
 
 def verify_against_files(art: pa.Table, root: str, types: dict, *, sample: int | None = 2000,
-                         progress: Callable[[int], None] | None = None) -> list[Problem]:
-    """Problems found by opening the files (all of them, or ``sample`` files chosen at random)."""
+                         progress: Callable[[int], None] | None = None, opener: Opener | None = None) -> list[Problem]:
+    """Problems found by opening the files (all of them, or ``sample`` files chosen at random).
+
+    Files and datasets are opened under the file rule (``opener``; default: the dataset root), so a
+    symlink, external link, external storage or virtual dataset leaving it is reported by name."""
+    opener = opener or session([root])
     groups = _groups(art)
     files = sorted({g["file"] for g in groups})
     if sample is not None and len(files) > sample:
@@ -56,52 +60,65 @@ def verify_against_files(art: pa.Table, root: str, types: dict, *, sample: int |
     problems: list[Problem] = []
     root_path = Path(root)
     for rel, entries in by_file.items():
-        path = root_path / rel
-        if not path.is_file():
+        try:
+            handle = opener.acquire(str(root_path / rel))
+        except FileRefused as exc:
+            problems.append(Problem(rel, exc.reason, "keep data files as regular files inside the dataset root"))
+            continue
+        except FileNotFoundError:
             problems.append(Problem(rel, f"listed in the artifacts manifest but missing under {root_path}",
                                     "restore the file, or regenerate the manifests"))
             continue
-        try:
-            f = h5py.File(path, "r")
         except (OSError, RuntimeError) as exc:
             problems.append(Problem(rel, describe_open_error(exc), "re-copy or regenerate the file"))
             continue
-        with f:
+        try:
             for g in entries:
-                t = types[g["type"]]
-                ds = f.get(g["dataset"])
-                if not isinstance(ds, h5py.Dataset):
-                    problems.append(Problem(f"{rel}#{g['dataset']}", f"dataset missing (artifact type {g['type']!r})",
-                                            "fix 'dataset' in the manifest, or regenerate the file"))
-                    continue
-                shape = list(ds.shape)
-                indexed = g["index_count"] > 0
-                if indexed and g["index_count"] != g["type_count"]:
-                    problems.append(Problem(f"{rel}#{g['dataset']}", "some rows have an index and some do not",
-                                            "give every row of a batched dataset its index"))
-                    continue
-                entity_shape = shape[1:] if indexed else shape
-                if indexed and (not shape or g["index_max"] >= shape[0]):
-                    problems.append(Problem(f"{rel}#{g['dataset']}[{g['index_max']}]",
-                                            f"index out of range: the dataset has {shape[0] if shape else 0} rows",
-                                            "fix 'index' in the manifest, or regenerate it from the files"))
-                    continue
-                if entity_shape != list(t.shape):
-                    problems.append(Problem(f"{rel}#{g['dataset']}",
-                                            f"shape {entity_shape} in the file, {list(t.shape)} in the manifest",
-                                            "regenerate the manifests from the files (`sweepcat manifest`)"))
-                    continue
-                if dtype_name(ds.dtype) != t.dtype:
-                    problems.append(Problem(f"{rel}#{g['dataset']}",
-                                            f"dtype {dtype_name(ds.dtype)} in the file, {t.dtype} in the manifest",
-                                            "regenerate the manifests from the files (`sweepcat manifest`)"))
+                problem = _check_group(opener, handle, rel, g, types[g["type"]])
+                if problem is not None:
+                    problems.append(problem)
+        finally:
+            opener.release(handle)
         if progress:
             progress(1)
     return problems
 
 
-def read_axes(shared_axes: dict[str, dict[str, str]], root: str) -> list[AxisInfo]:
-    """Shape and dtype of each shared axis; raises ContractError naming the bad ones."""
+def _check_group(opener: Opener, handle: H5Handle, rel: str, g: dict, t: Any) -> Problem | None:
+    where = f"{rel}#{g['dataset']}"
+    held: list[H5Handle] = []
+    try:
+        ds = opener.resolve(handle, g["dataset"], held)
+        shape = list(ds.shape)
+        dtype = dtype_name(ds.dtype)
+    except FileRefused as exc:
+        return Problem(where, exc.reason.removeprefix(f"{where}: "),
+                       "write the data into files inside the dataset root (no links or storage that leave it)")
+    except DatasetMissing:
+        return Problem(where, f"dataset missing (artifact type {g['type']!r})",
+                       "fix 'dataset' in the manifest, or regenerate the file")
+    finally:
+        for h in held:
+            opener.release(h)
+    indexed = g["index_count"] > 0
+    if indexed and g["index_count"] != g["type_count"]:
+        return Problem(where, "some rows have an index and some do not", "give every row of a batched dataset its index")
+    if indexed and (not shape or g["index_max"] >= shape[0]):
+        return Problem(f"{where}[{g['index_max']}]", f"index out of range: the dataset has {shape[0] if shape else 0} "
+                       "rows", "fix 'index' in the manifest, or regenerate it from the files")
+    entity_shape = shape[1:] if indexed else shape
+    if entity_shape != list(t.shape):
+        return Problem(where, f"shape {entity_shape} in the file, {list(t.shape)} in the manifest",
+                       "regenerate the manifests from the files (`sweepcat manifest`)")
+    if dtype != t.dtype:
+        return Problem(where, f"dtype {dtype} in the file, {t.dtype} in the manifest",
+                       "regenerate the manifests from the files (`sweepcat manifest`)")
+    return None
+
+
+def read_axes(shared_axes: dict[str, dict[str, str]], root: str, opener: Opener | None = None) -> list[AxisInfo]:
+    """Shape and dtype of each shared axis, opened under the file rule; raises ContractError naming the bad ones."""
+    opener = opener or session([root])
     out, problems = [], []
     for name, ax in sorted(shared_axes.items()):
         rel, dataset = ax.get("file"), ax.get("dataset")
@@ -111,17 +128,17 @@ def read_axes(shared_axes: dict[str, dict[str, str]], root: str) -> list[AxisInf
                                     "keep axis files inside the dataset root; fix shared_axes in the spec"))
             continue
         try:
-            with h5py.File(Path(root) / rel, "r") as f:
-                ds = f.get(dataset)
-                if not isinstance(ds, h5py.Dataset):
-                    problems.append(Problem(f"{rel}#{dataset}", f"shared axis {name!r}: dataset missing",
-                                            "fix shared_axes in the spec and regenerate the manifests"))
-                    continue
+            with opener.dataset(str(Path(root) / rel), str(dataset)) as ds:
                 out.append(AxisInfo(name, rel, dataset, list(ds.shape), dtype_name(ds.dtype)))
+        except FileRefused as exc:
+            problems.append(Problem(f"{rel}#{dataset}", f"shared axis {name!r}: {exc.reason}",
+                                    "keep axis files inside the dataset root; fix shared_axes in the spec"))
+        except DatasetMissing:
+            problems.append(Problem(f"{rel}#{dataset}", f"shared axis {name!r}: dataset missing",
+                                    "fix shared_axes in the spec and regenerate the manifests"))
         except (OSError, RuntimeError, TypeError) as exc:
             problems.append(Problem(f"{rel}", f"shared axis {name!r}: {exc}",
                                     "fix shared_axes in the spec and regenerate the manifests"))
     if problems:
         raise ContractError(problems, subject="shared axes")
     return out
-

@@ -7,11 +7,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pyarrow as pa
 
 from ..errors import SweepcatError
+from ..h5open import Opener, session
 from .http import raise_for
 
 
@@ -154,19 +154,28 @@ class LocalBackend:
     def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
              total: int) -> np.ndarray:
         index = self._index(ds)
-        return index.read(self.cache.db(), index.select(q), type_)
+        return index.read(self.cache.db(), index.select(q), type_, local_opener(index.root))
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         index = self._index(ds)
         rows = np.flatnonzero(index.table.key == key)
-        return index.read(self.cache.db(), rows, type_)[0]
+        return index.read(self.cache.db(), rows, type_, local_opener(index.root))[0]
 
     def axis(self, ds: str, name: str, info: dict[str, Any]) -> np.ndarray:
         ax = (info.get("shared_axes") or {}).get(name)
-        if not ax:
+        if not ax or not info.get("root"):
             raise SweepcatError(f"{ds}: no shared axis {name!r}", "re-ingest with the axis in the spec")
-        with h5py.File(Path(info["root"]) / ax["file"], "r") as f:
-            return f[ax["dataset"]][()]
+        with local_opener(info["root"]).dataset(str(Path(info["root"]) / ax["file"]), ax["dataset"]) as axis:
+            return axis[()]
+
+
+def local_opener(root: str | None) -> Opener:
+    """Files read on this machine (Mode A, a local catalog), under the file rule; each read opens what it
+    needs and closes it, so nothing stays open (or locked) in the user's process.
+
+    The rule's root is the dataset's data root; without one (datasets registered by other tools) the
+    client still refuses FIFOs, devices and directories, reading with its own permissions."""
+    return session([root or "/"])
 
 
 def _seg(text: str) -> str:

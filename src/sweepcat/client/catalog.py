@@ -20,8 +20,8 @@ import numpy as np
 
 from .. import query as q
 from ..errors import SweepcatError
-from ..h5read import read_stacked
-from .backends import HttpBackend, LocalBackend, backend_for
+from ..h5read import Stack, read_stacked
+from .backends import HttpBackend, LocalBackend, backend_for, local_opener
 
 Backend = HttpBackend | LocalBackend
 
@@ -174,8 +174,9 @@ class Result:
         indices = loc.column("index").to_numpy(zero_copy_only=False)
         indices = np.where(np.isnan(indices.astype("float64")), -1, indices).astype(np.int64) \
             if indices.dtype.kind == "f" else indices.astype(np.int64)
-        return read_stacked(paths.tolist(), file_idx, loc.column("dataset").to_numpy(zero_copy_only=False),
-                            indices, shape, dtype)
+        stack = Stack(paths.tolist(), file_idx, loc.column("dataset").to_numpy(zero_copy_only=False), indices,
+                      shape, dtype)
+        return read_stacked(stack, local_opener(self.dataset.info.get("root")))
 
     def to_xarray(self, type_: str, mode: str = "server") -> Any:
         """A DataArray: dims ("hamiltonian", *shared axes), the parameters as coordinates along "hamiltonian"."""

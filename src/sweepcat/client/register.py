@@ -20,8 +20,8 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import Manifests, encode_batch, file_sha256
-from ..errors import SweepcatError
+from ..contract import Manifests, asset_uri, encode_batch, file_sha256, validate
+from ..errors import ContractError, SweepcatError
 from .http import raise_for
 
 Progress = Callable[[int, int], None]  # (hamiltonians done, nodes done) increments
@@ -113,9 +113,13 @@ def register(m: Manifests, url: str, api_key: str | None, *, update: bool = Fals
              batch_size: int = 5000, workers: int = 8, force_stock: bool = False,
              progress: Progress | None = None, say: Callable[[str], None] = lambda _: None) -> RegisterResult:
     t0 = time.perf_counter()
+    d = m.description
+    # The server's bulk route checks every row; Tiled's stock API checks nothing: check here, before sending.
+    problems = validate(m.ham, m.art, root=d.root, check_files_exist=True)
+    if problems:
+        raise ContractError(problems, subject=f"manifests of dataset {d.key!r}")
     http = _Http(url, api_key)
     info = None if force_stock else detect_path(http)
-    d = m.description
     d.provenance = dict(d.provenance)
     d.provenance["manifests"] = {
         "hamiltonians": {"path": str(m.ham_path) if m.ham_path else None, "sha256": file_sha256(m.ham_path)},
@@ -252,7 +256,6 @@ def _stock_data_source(root: str, a: dict) -> Any:
     import numpy as np
     from tiled.structures.array import ArrayStructure, BuiltinDtype
     from tiled.structures.data_source import Asset, DataSource, Management
-    from tiled.utils import ensure_uri
 
     shape = tuple(int(s) for s in a["shape"])
     axes = a.get("axes")
@@ -264,5 +267,5 @@ def _stock_data_source(root: str, a: dict) -> Any:
         params["index"] = int(a["index"])
     return DataSource(management=Management.external, mimetype="application/x-sliced-hdf5",
                       structure_family="array", structure=structure, parameters=params,
-                      assets=[Asset(data_uri=ensure_uri(str(Path(root) / a["file"])), is_directory=False,
+                      assets=[Asset(data_uri=asset_uri(Path(root) / a["file"]), is_directory=False,
                                     parameter="data_uri")])

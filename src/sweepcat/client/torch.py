@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SweepcatError
+from .backends import local_opener
 
 try:
     import torch
@@ -32,6 +33,7 @@ class SweepDataset(_TorchDataset):  # type: ignore[misc]
         self.mode = mode
         self.type = type_
         self.dataset_key = result.dataset.key
+        self.root = result.dataset.info.get("root")
         self.shape, self.dtype = result._type(type_)
         params = result.params
         unknown = [t for t in target if t not in params.columns]
@@ -49,7 +51,6 @@ class SweepDataset(_TorchDataset):  # type: ignore[misc]
             self.files = loc["file"].to_numpy()
             self.datasets = loc["dataset"].to_numpy()
             self.indices = loc["index"].to_numpy()
-        self._files: dict[str, Any] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -58,22 +59,13 @@ class SweepDataset(_TorchDataset):  # type: ignore[misc]
     def _own(self) -> None:
         """A forked DataLoader worker must not use the parent's open files or sockets."""
         if self._pid != os.getpid():
-            self._files, self._backend, self._pid = {}, None, os.getpid()
-
-    def _file(self, path: str) -> Any:
-        import h5py
-
-        self._own()
-        f = self._files.get(path)
-        if f is None:
-            f = self._files[path] = h5py.File(path, "r")
-        return f
+            self._backend, self._pid = None, os.getpid()
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         if self.mode == "direct":
-            ds = self._file(str(self.files[i]))[self.datasets[i]]
             index = self.indices[i]
-            array = ds[int(index)] if index == index and index is not None else ds[()]
+            with local_opener(self.root).dataset(str(self.files[i]), str(self.datasets[i])) as ds:
+                array = ds[int(index)] if index == index and index is not None else ds[()]
         else:
             self._own()
             if self._backend is None:
@@ -84,5 +76,5 @@ class SweepDataset(_TorchDataset):  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"], state["_backend"] = {}, None
+        state["_backend"] = None
         return state

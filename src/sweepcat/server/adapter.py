@@ -3,77 +3,62 @@
 Mimetype ``application/x-sliced-hdf5``; data-source parameters ``dataset`` and
 optional ``index``. Reads go through h5py hyperslabs, so ``[10:20, 5]`` of row
 17 reads exactly that part of row 17 (for chunked files, only the chunks that
-hold it), never the batch. Open files are kept in a small LRU cache.
+hold it), never the batch.
+
+Every read goes through the server's boundary (``policy``): the byte size is
+computed from the structure and the slice and checked before anything is
+read, the bytes are reserved in the server-wide budget, and the file and the
+dataset are opened under the file rule. Tiled's route builds this adapter
+with Tiled's configured readable storage; the fast path with the policy's.
 """
 
 from __future__ import annotations
 
 import builtins
-import os
-import threading
-from collections import OrderedDict
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-import h5py
 import numpy as np
 from fastapi import HTTPException
 from tiled.ndslice import NDSlice
 from tiled.structures.core import StructureFamily
-from tiled.utils import path_from_uri
 
-from ..contract import Locator
-
-MIMETYPE = "application/x-sliced-hdf5"
-MAX_OPEN_FILES = int(os.environ.get("SWEEPCAT_MAX_OPEN_FILES", "128"))
-
-
-class _FileCache:
-    """Bounded LRU of open h5py files; a file replaced on disk is reopened."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.lock = threading.Lock()
-        self.files: OrderedDict[str, tuple[tuple[int, int], h5py.File]] = OrderedDict()
-
-    def get(self, path: str) -> h5py.File:
-        st = os.stat(path)  # FileNotFoundError propagates
-        stamp = (st.st_mtime_ns, st.st_size)
-        with self.lock:
-            hit = self.files.get(path)
-            if hit is not None and hit[0] == stamp:
-                self.files.move_to_end(path)
-                return hit[1]
-            if hit is not None:
-                self.files.pop(path)[1].close()
-            handle = h5py.File(path, "r")
-            self.files[path] = (stamp, handle)
-            while len(self.files) > self.capacity:
-                _, (_, old) = self.files.popitem(last=False)
-                old.close()
-            return handle
-
-    def clear(self) -> None:
-        with self.lock:
-            for _, handle in self.files.values():
-                handle.close()
-            self.files.clear()
+from ..catalog.schema import MIMETYPE
+from ..contract import Locator, asset_path
+from ..h5open import DatasetMissing, FileRefused, Opener
+from ..h5scan import dtype_name
+from .policy import BUDGET, FILES, check_response_size, configured_rule_for
 
 
-FILES = _FileCache(MAX_OPEN_FILES)
+class Refused(HTTPException):
+    """The file rule refuses the locator's file (403). The fast path leaves such requests to Tiled."""
 
 
-def _selection(slice_: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """Split a request into what h5py reads (positive steps, in range) and what numpy applies after."""
-    expanded = NDSlice(*slice_).expand_for_shape(shape) if slice_ else tuple(builtins.slice(None) for _ in shape)
+def selection(slice_: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...]]:
+    """(what h5py reads: positive steps, in range; what numpy applies after; the output shape).
+
+    Raises HTTPException 400 for selections that do not fit the array."""
+    parts = tuple(slice_) if slice_ is not None else ()  # (an NDSlice of only ':' is falsy: count, do not test)
+    try:
+        expanded = NDSlice(*parts).expand_for_shape(shape) if parts else tuple(builtins.slice(None) for _ in shape)
+    except (IndexError, ValueError, TypeError) as exc:
+        raise HTTPException(status_code=400, detail=f"slice {slice_!r} does not fit shape {shape}: {exc}") from None
+    if len(expanded) > len(shape):
+        raise HTTPException(status_code=400, detail=f"slice has {len(expanded)} dimensions, the array {len(shape)}")
+    expanded = tuple(expanded) + tuple(builtins.slice(None) for _ in range(len(shape) - len(expanded)))
     read: list[Any] = []
     after: list[Any] = []
+    out: list[int] = []
     for sel, dim in zip(expanded, shape):
         if isinstance(sel, (int, np.integer)):
             i = int(sel) + dim if sel < 0 else int(sel)
             if not 0 <= i < dim:
-                raise IndexError(f"index {int(sel)} out of range for axis of length {dim}")
+                raise HTTPException(status_code=400, detail=f"index {int(sel)} out of range for an axis of length "
+                                    f"{dim}")
             read.append(i)
         elif isinstance(sel, builtins.slice):
+            if sel.step == 0:
+                raise HTTPException(status_code=400, detail="slice step cannot be zero")
             start, stop, step = sel.indices(dim)
             if step > 0:
                 read.append(builtins.slice(start, max(start, stop), step))
@@ -82,15 +67,20 @@ def _selection(slice_: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tu
                 lo = stop + 1
                 read.append(builtins.slice(lo, start + 1) if start >= lo else builtins.slice(0, 0))
                 after.append(builtins.slice(None, None, step))
+            out.append(len(range(start, stop, step)))
         else:
             raise HTTPException(status_code=400, detail=f"unsupported selection {sel!r}")
-    return tuple(read), tuple(after)
+    return tuple(read), tuple(after), tuple(out)
+
+
+def _refused(locator: str, exc: FileRefused) -> Refused:
+    return Refused(status_code=403, detail=f"{locator}: refused: {exc.reason}")
 
 
 class SlicedHDF5Adapter:
     structure_family = StructureFamily.array
 
-    def __init__(self, path: str, dataset: str, index: int | None, structure: Any,
+    def __init__(self, path: str, dataset: str, index: int | None, structure: Any, *, opener: Opener,
                  metadata: dict | None = None, specs: list | None = None):
         self.path = path
         self.dataset = dataset
@@ -98,6 +88,7 @@ class SlicedHDF5Adapter:
         self._structure = structure
         self._metadata = metadata or {}
         self.specs = specs or []
+        self.opener = opener
 
     @classmethod
     def from_catalog(cls, data_source: Any, node: Any, /, dataset: str, index: int | None = None,
@@ -105,9 +96,9 @@ class SlicedHDF5Adapter:
         assets = [a for a in data_source.assets if a.parameter == "data_uri"] or list(data_source.assets)
         if not assets:
             raise HTTPException(status_code=500, detail=f"node {node.key!r} has no file asset")
-        path = str(path_from_uri(assets[0].data_uri))
+        path = asset_path(assets[0].data_uri)
         return cls(path, dataset, None if index is None else int(index), data_source.structure,
-                   metadata=node.metadata_, specs=node.specs)
+                   opener=FILES.opener(configured_rule_for(path)), metadata=node.metadata_, specs=node.specs)
 
     @property
     def locator(self) -> str:
@@ -119,36 +110,55 @@ class SlicedHDF5Adapter:
     def metadata(self) -> dict:
         return self._metadata
 
-    def _dataset(self) -> h5py.Dataset:
+    def read(self, slice: Any = NDSlice(...)) -> np.ndarray:
+        shape = tuple(self._structure.shape)
+        dtype = np.dtype(self._structure.data_type.to_numpy_dtype())
+        read, after, out_shape = selection(slice, shape)
+        check_response_size(int(np.prod(out_shape, dtype=np.int64)) * dtype.itemsize)
+        reservation = BUDGET.reserve(int(np.prod(out_shape, dtype=np.int64)) * dtype.itemsize, self.locator)
         try:
-            f = FILES.get(self.path)
+            with self._open() as ds:
+                self._check(ds, shape, dtype)
+                if self.index is not None:
+                    read = (self.index, *read)
+                array = ds[read] if read else ds[()]
+            if after and any(a != builtins.slice(None) for a in after):
+                array = np.ascontiguousarray(array[after])
+            return reservation.until_freed(np.asarray(array))
+        except BaseException:
+            reservation.release()
+            raise
+
+    @contextmanager
+    def _open(self) -> Iterator[Any]:
+        """The dataset under the file rule; errors become HTTP errors that name the locator."""
+        try:
+            with self.opener.dataset(self.path, self.dataset) as ds:
+                yield ds
+        except FileRefused as exc:
+            raise _refused(self.locator, exc) from None
         except FileNotFoundError:
             raise HTTPException(status_code=404, detail=f"{self.locator}: file not found on the server") from None
+        except DatasetMissing as exc:
+            raise HTTPException(status_code=404, detail=f"{self.locator}: {exc.message}") from None
         except OSError as exc:
-            raise HTTPException(status_code=422, detail=f"{self.locator}: file cannot be read as HDF5 ({exc})") from None
-        ds = f.get(self.dataset)
-        if not isinstance(ds, h5py.Dataset):
-            raise HTTPException(status_code=404, detail=f"{self.locator}: no dataset {self.dataset} in the file")
-        return ds
+            raise HTTPException(status_code=422, detail=f"{self.locator}: the file cannot be read as HDF5 ({exc})") \
+                from None
 
-    def read(self, slice: Any = NDSlice(...)) -> np.ndarray:
-        ds = self._dataset()
-        shape = tuple(self._structure.shape)
-        try:
-            read, after = _selection(slice, shape)
-        except IndexError as exc:
-            raise HTTPException(status_code=400, detail=f"{self.locator}: {exc}") from None
+    def _check(self, ds: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """The file still holds what the catalog says: else 422 naming the locator (never a silent cast)."""
         if self.index is not None:
             if not ds.shape or self.index >= ds.shape[0]:
                 rows = ds.shape[0] if ds.shape else 0
                 raise HTTPException(status_code=422,
                                     detail=f"{self.locator}: index out of range (the dataset has {rows} rows)")
-            read = (self.index, *read)
-        if ds.shape[1 if self.index is not None else 0:] != shape:
-            raise HTTPException(status_code=422, detail=f"{self.locator}: file shape {ds.shape} no longer matches "
-                                f"the catalog {shape}; re-ingest the dataset")
-        array = ds[read] if read else ds[()]
-        return array[after] if after and any(a != builtins.slice(None) for a in after) else array
+        file_shape = tuple(ds.shape[1:] if self.index is not None else ds.shape)
+        if file_shape != shape:
+            raise HTTPException(status_code=422, detail=f"{self.locator}: the file's shape {tuple(ds.shape)} no longer "
+                                f"matches the catalog's {shape}; re-ingest the dataset")
+        if dtype_name(ds.dtype) != dtype_name(dtype):
+            raise HTTPException(status_code=422, detail=f"{self.locator}: the file's dtype {dtype_name(ds.dtype)} no "
+                                f"longer matches the catalog's {dtype_name(dtype)}; re-ingest the dataset")
 
     def read_block(self, block: Any, slice: Any = NDSlice(...)) -> np.ndarray:
         # One chunk per dimension (see catalog.plan.structure_for): block (0, ..., 0) is the array.
@@ -157,8 +167,4 @@ class SlicedHDF5Adapter:
         return self.read(slice)
 
 
-def clear_cache() -> None:
-    FILES.clear()
-
-
-__all__ = ["MIMETYPE", "SlicedHDF5Adapter", "clear_cache"]
+__all__ = ["MIMETYPE", "SlicedHDF5Adapter", "Refused", "selection"]

@@ -1,18 +1,29 @@
-"""Building the Tiled app sweepcat serves: Tiled's own app, plus the locator fast path."""
+"""Building the Tiled app sweepcat serves: Tiled's own app, the server's boundary, and the fast path."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+from ..catalog.schema import parse_catalog
+from .policy import ServerPolicy
 
 
 class _SettledOverrides(dict):
-    """Tiled's only dependency override, after its first call, returns the very object the
-    original dependency returns; FastAPI, seeing any override, re-inspects every dependency
-    signature on every request (~9 ms here). Reporting "no overrides" skips that work and
-    changes no result. The dict still answers Tiled's own startup/shutdown lookups."""
+    """Tiled's only dependency override (its settings), once settled, returns the very object the
+    original dependency returns; FastAPI, seeing any override, re-inspects every dependency signature
+    on every request (~9 ms here). While the dict holds exactly that override it reports "no
+    overrides", which changes no result. Any other override, added at any time, makes it truthy
+    again, so FastAPI applies it (a test guards this)."""
+
+    def __init__(self, overrides: dict, settled: tuple[Callable, Callable]):
+        super().__init__(overrides)
+        self._settled = settled  # (the overridden dependency, Tiled's override of it)
 
     def __bool__(self) -> bool:
-        return False
+        if len(self) != 1:
+            return len(self) > 0
+        dependency, override = self._settled
+        return self.get(dependency) is not override
 
 
 def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
@@ -24,16 +35,14 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
     app = build_app_from_config(config)
     overrides = app.dependency_overrides
     if set(overrides) == {get_settings} and overrides[get_settings]() is get_settings():
-        app.dependency_overrides = _SettledOverrides(overrides)
+        app.dependency_overrides = _SettledOverrides(overrides, (get_settings, overrides[get_settings]))
+    auth = config.get("authentication", {})
+    tree_args = config["trees"][0]["args"]
+    policy = ServerPolicy(parse_catalog(tree_args["uri"]), list(tree_args.get("readable_storage", [])),
+                          api_key=auth.get("single_user_api_key"),
+                          allow_anonymous=bool(auth.get("allow_anonymous_access")),
+                          authenticated=bool(getattr(app.state, "authenticated", False)))
+    app.state.sweepcat_policy = policy
     if fast_path:
-        auth = config.get("authentication", {})
-        tree_args = config["trees"][0]["args"]
-        app.add_middleware(
-            LocatorFastPath,
-            catalog_uri=tree_args["uri"],
-            api_key=auth.get("single_user_api_key"),
-            allow_anonymous=bool(auth.get("allow_anonymous_access")),
-            readable_storage=list(tree_args.get("readable_storage", [])),
-            bytesize_limit=get_settings().response_bytesize_limit,
-        )
+        app.add_middleware(LocatorFastPath, policy=policy)
     return app

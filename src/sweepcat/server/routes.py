@@ -1,52 +1,51 @@
 """sweepcat's HTTP routes inside the Tiled server (mounted under /api/v1/sweepcat).
 
 Registration takes thousands of nodes per request and writes them with the
-same code as `sweepcat ingest`, so every catalog invariant holds. Requests
-authenticate with Tiled's own API keys and need Tiled's scopes.
+same code as `sweepcat ingest`, so every catalog invariant holds. Every route
+authenticates through Tiled and reads through the server's boundary
+(``policy``): Tiled's scopes, the access policy on the dataset node, the file
+rule under readable storage, the in-flight byte budget.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import threading
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import anyio
 import numpy as np
 import pyarrow as pa
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Security
-from fastapi.responses import Response
-from tiled.server.authentication import check_scopes
-from tiled.server.dependencies import get_root_tree
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response, StreamingResponse
 
 from .. import __version__
 from ..catalog.index import DatasetIndex, IndexCache
 from ..catalog.ingest import ingest
-from ..catalog.schema import CatalogURI, parse_catalog
+from ..catalog.schema import CatalogURI
 from ..contract import decode_batch
 from ..errors import ContractError, SweepcatError
+from ..h5open import FileRefused
+from ..h5read import SourceChanged, SourceMissing, check_stack, stream_stacked
 from ..query import QueryError
-from .adapter import FILES
+from .policy import BUDGET, Access, Reservation, ServerPolicy, dataset_access, server_access
 
+log = logging.getLogger("sweepcat.server")
 router = APIRouter(prefix="/sweepcat")
 
 MAX_BATCH_BYTES = int(os.environ.get("SWEEPCAT_MAX_BATCH_BYTES", str(256 * 1024 * 1024)))
 MAX_BATCH_ROWS = int(os.environ.get("SWEEPCAT_MAX_BATCH_ROWS", "200000"))
 MAX_READ_BYTES = int(os.environ.get("SWEEPCAT_MAX_READ_BYTES", str(512 * 1024 * 1024)))
+STREAM_CHUNK_BYTES = int(os.environ.get("SWEEPCAT_STREAM_CHUNK_BYTES", str(8 * 1024 * 1024)))
 REGISTER_SCOPES = ["write:metadata", "create:node", "register"]
-
-
-def catalog_of(root_tree: Any) -> CatalogURI:
-    url = root_tree.context.engine.url.render_as_string(hide_password=False)
-    return parse_catalog(url)
-
-
-def readable_roots(root_tree: Any) -> list[str]:
-    return [os.path.realpath(str(s.path)) for s in root_tree.context.readable_storage.values()
-            if hasattr(s, "path")]
+READ_METADATA = ["read:metadata"]
+READ_DATA = ["read:data"]
+MAX_PAGE = 10_000
 
 
 def _error(exc: SweepcatError, status: int) -> HTTPException:
@@ -56,20 +55,29 @@ def _error(exc: SweepcatError, status: int) -> HTTPException:
     return HTTPException(status_code=status, detail=detail)
 
 
+def read_error(exc: SweepcatError) -> HTTPException:
+    """HTTP status of a refused or failed read: 403 outside the file rule, 404 gone, 422 changed."""
+    if isinstance(exc, FileRefused):
+        return _error(SweepcatError(f"{exc.path}: refused: {exc.reason}", exc.hint), 403)
+    if isinstance(exc, SourceChanged):
+        return _error(exc, 422)
+    return _error(exc, 404)
+
+
+# --------------------------------------------------------------------------- registration
+
+
 @router.get("/info")
-async def info(request: Request, root_tree: Any = Depends(get_root_tree),
-               _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
-    cat = catalog_of(root_tree)
-    return {"sweepcat": __version__, "catalog": cat.dialect, "max_batch_bytes": MAX_BATCH_BYTES,
+async def info(access: Access = Depends(server_access(READ_METADATA))) -> dict[str, Any]:
+    return {"sweepcat": __version__, "catalog": access.policy.catalog.dialect, "max_batch_bytes": MAX_BATCH_BYTES,
             "max_batch_rows": MAX_BATCH_ROWS, "max_read_bytes": MAX_READ_BYTES}
 
 
 @router.post("/register")
 async def register(request: Request, update: bool = Query(False), verify_all: bool = Query(False),
-                   root_tree: Any = Depends(get_root_tree),
-                   _: Any = Security(check_scopes, scopes=REGISTER_SCOPES)) -> dict[str, Any]:
+                   access: Access = Depends(server_access(REGISTER_SCOPES))) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and int(declared) > MAX_BATCH_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
         raise HTTPException(status_code=413, detail=f"batch of {declared} bytes exceeds the limit of "
                             f"{MAX_BATCH_BYTES} bytes; send smaller batches (sweepcat register --batch-size)")
     body = await request.body()
@@ -84,17 +92,18 @@ async def register(request: Request, update: bool = Query(False), verify_all: bo
     if rows > MAX_BATCH_ROWS:
         raise HTTPException(status_code=413, detail=f"batch of {rows} rows exceeds the limit of {MAX_BATCH_ROWS} "
                             "rows; send smaller batches (sweepcat register --batch-size)")
-    root = os.path.realpath(manifests.description.root)
-    roots = readable_roots(root_tree)
-    if not any(root == r or root.startswith(r.rstrip("/") + "/") for r in roots):
+    policy = access.policy
+    rule = policy.rule()
+    if not rule.covers(manifests.description.root):
         raise HTTPException(status_code=403, detail={
             "message": f"dataset root {manifests.description.root} is outside this server's readable storage",
-            "hint": f"readable storage: {', '.join(roots) or '(none)'}; ask the server admin to add the root "
-                    "(sweepcat serve adds the roots of ingested datasets; or edit readable_storage)"})
-    cat = catalog_of(root_tree)
+            "hint": f"readable storage: {', '.join(rule.roots) or '(none)'}; ask the operator to add a directory "
+                    "that holds it (sweepcat serve --readable DIR)"})
+    if getattr(request.app.state, "access_policy", None) is not None:
+        await _check_register_target(access, manifests.description.key)
     try:
         result = await anyio.to_thread.run_sync(partial(
-            ingest, manifests, cat, update=update, verify_sample=None if verify_all else 2000))
+            ingest, manifests, policy.catalog, update=update, verify_sample=None if verify_all else 2000))
     except ContractError as exc:
         raise _error(exc, 422) from None
     except SweepcatError as exc:
@@ -102,18 +111,32 @@ async def register(request: Request, update: bool = Query(False), verify_all: bo
     return dataclasses.asdict(result)
 
 
+async def _check_register_target(access: Access, dataset: str) -> None:
+    """With an access policy, writing into a dataset needs the policy's write scopes on it (or on the
+    root, to create it), for the whole dataset."""
+    cache = index_cache(access.policy.catalog)
+    exists = await anyio.to_thread.run_sync(cache.exists, dataset)
+    if exists:
+        await access.check_dataset(dataset, REGISTER_SCOPES)
+    else:
+        await access.check_dataset("", ["create:node"])
+
+
 @router.post("/prune/{dataset}")
-async def prune(dataset: str, request: Request, root_tree: Any = Depends(get_root_tree),
-                _: Any = Security(check_scopes, scopes=["write:metadata", "delete:node"])) -> dict[str, Any]:
+async def prune(dataset: str, request: Request,
+                access: Access = Depends(dataset_access(["write:metadata", "delete:node"]))) -> dict[str, Any]:
     """Remove the Hamiltonians of ``dataset`` whose keys are not in the body's ``keys``."""
-    payload = await request.json()
+    try:
+        payload = await request.json()
+    except ValueError:
+        payload = None
     keep = payload.get("keys") if isinstance(payload, dict) else None
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise HTTPException(status_code=400, detail="body must be {\"keys\": [\"H_...\", ...]}")
     from ..catalog.delete import prune_dataset
 
     try:
-        removed = await anyio.to_thread.run_sync(partial(prune_dataset, catalog_of(root_tree), dataset, set(keep)))
+        removed = await anyio.to_thread.run_sync(partial(prune_dataset, access.policy.catalog, dataset, set(keep)))
     except SweepcatError as exc:
         raise _error(exc, 404) from None
     return {"dataset": dataset, "pruned": removed}
@@ -121,13 +144,11 @@ async def prune(dataset: str, request: Request, root_tree: Any = Depends(get_roo
 
 # --------------------------------------------------------------------------- search and batch access
 
-MAX_PAGE = 10_000
 _caches: dict[str, IndexCache] = {}
 _caches_lock = threading.Lock()
 
 
-def index_cache(root_tree: Any) -> IndexCache:
-    cat = catalog_of(root_tree)
+def index_cache(cat: CatalogURI) -> IndexCache:
     with _caches_lock:
         cache = _caches.get(cat.uri)
         if cache is None:
@@ -164,13 +185,15 @@ def _arrow(table: pa.Table) -> Response:
 
 
 @router.get("/datasets")
-async def datasets(root_tree: Any = Depends(get_root_tree),
-                   _: Any = Security(check_scopes, scopes=["read:metadata"])) -> list[dict[str, Any]]:
-    return await _in_thread(index_cache(root_tree).datasets)
+async def datasets(access: Access = Depends(server_access(READ_METADATA))) -> list[dict[str, Any]]:
+    listed = await _in_thread(index_cache(access.policy.catalog).datasets)
+    if getattr(access.request.app.state, "access_policy", None) is None:
+        return listed
+    return [d for d in listed if await access.visible(d["key"], READ_METADATA)]
 
 
-def search_page(cache: IndexCache, dataset: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
-    index = _dataset(cache, dataset)
+def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+    index = _dataset(index_cache(policy.catalog), dataset)
     rows = _rows(index, q)
     page = rows[offset:offset + limit]
     return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
@@ -178,20 +201,19 @@ def search_page(cache: IndexCache, dataset: str, q: str | None, offset: int, lim
 
 
 @router.get("/search/{dataset}")
-async def search(dataset: str, q: str | None = Query(None, max_length=10_000), offset: int = Query(0, ge=0),
-                 limit: int = Query(100, ge=0, le=MAX_PAGE), root_tree: Any = Depends(get_root_tree),
-                 _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
+async def search(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
+                 limit: int = Query(100, ge=0, le=MAX_PAGE),
+                 access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
     """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``)."""
-    return await _in_thread(search_page, index_cache(root_tree), dataset, q, offset, limit)
+    return await _in_thread(search_page, access.policy, dataset, q, offset, limit)
 
 
 @router.get("/facets/{dataset}")
-async def facets(dataset: str, param: str, q: str | None = Query(None, max_length=10_000),
-                 bins: int = Query(20, ge=1, le=1000), root_tree: Any = Depends(get_root_tree),
-                 _: Any = Security(check_scopes, scopes=["read:metadata"])) -> dict[str, Any]:
-    """min, max and a histogram of ``param`` over the Hamiltonians matching ``q``."""
+async def facets(dataset: str, param: str, q: str | None = Query(None), bins: int = Query(20, ge=1, le=1000),
+                 access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
+    """min, max and a histogram of ``param`` over the Hamiltonians matching ``q`` (counts for text)."""
     def run() -> dict[str, Any]:
-        index = _dataset(index_cache(root_tree), dataset)
+        index = _dataset(index_cache(access.policy.catalog), dataset)
         try:
             return index.facets(_rows(index, q), param, bins)
         except QueryError as exc:
@@ -200,70 +222,103 @@ async def facets(dataset: str, param: str, q: str | None = Query(None, max_lengt
 
 
 @router.get("/params/{dataset}")
-async def params_route(dataset: str, q: str | None = Query(None, max_length=10_000),
-                       offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=0),
-                       root_tree: Any = Depends(get_root_tree),
-                       _: Any = Security(check_scopes, scopes=["read:metadata"])) -> Response:
+async def params_route(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
+                       limit: int | None = Query(None, ge=0),
+                       access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching Hamiltonian's parameters (or a page of them), as one Arrow table."""
     def run() -> Response:
-        index = _dataset(index_cache(root_tree), dataset)
+        index = _dataset(index_cache(access.policy.catalog), dataset)
         rows = _rows(index, q)
         return _arrow(index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit]))
     return await _in_thread(run)
 
 
 @router.get("/locators/{dataset}")
-async def locators(dataset: str, q: str | None = Query(None, max_length=10_000), type: str | None = None,
-                   root_tree: Any = Depends(get_root_tree),
-                   _: Any = Security(check_scopes, scopes=["read:metadata"])) -> Response:
-    """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table."""
+async def locators(dataset: str, q: str | None = Query(None), type: str | None = None,
+                   access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
+    """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table.
+
+    A locator whose file lies outside readable storage is never served: the request is refused, naming it."""
     def run() -> Response:
-        cache = index_cache(root_tree)
+        cache = index_cache(access.policy.catalog)
         index = _dataset(cache, dataset)
+        rows = _rows(index, q)
         try:
-            return _arrow(index.locator_table(cache.db(), _rows(index, q), type))
+            outside = index.outside(cache.db(), rows, type, access.policy.rule())
+            if outside is not None:
+                raise read_error(FileRefused(outside, "lies outside readable storage (its real path leaves it)"))
+            return _arrow(index.locator_table(cache.db(), rows, type))
         except QueryError as exc:
             raise _error(exc, 400) from None
     return await _in_thread(run)
 
 
-def read_page(cache: IndexCache, dataset: str, type_: str, q: str | None, offset: int,
-              limit: int | None) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of a stacked read; raises HTTPException for everything a client must fix."""
+@dataclass
+class ReadPage:
+    """A stacked read ready to stream: checked, sized and reserved before its first byte."""
+
+    headers: dict[str, str]
+    chunks: Iterator[memoryview]
+
+
+def _streamed(chunks: Iterator[memoryview], reservation: Reservation, what: str) -> Iterator[memoryview]:
+    try:
+        yield from chunks
+    except Exception:  # noqa: BLE001 - headers are out: the client sees a short body; the log says why
+        log.exception("%s: stream aborted", what)
+        raise
+    finally:
+        reservation.release()
+
+
+def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int,
+              limit: int | None) -> ReadPage:
+    """Check everything a client must fix (query, type, size, every source under the file rule) and
+    reserve the bytes; then the body streams in chunks through one buffer."""
+    cache = index_cache(policy.catalog)
     index = _dataset(cache, dataset)
     rows = _rows(index, q)
     page = rows[offset:] if limit is None else rows[offset:offset + limit]
     try:
-        t = index.types(cache.db()).get(type_)
-        if t is None:
-            raise QueryError(f"unknown artifact type {type_!r}",
-                             f"types of {dataset}: {', '.join(index.types(cache.db()))}")
-        row_bytes = int(np.prod(t.shape)) * t.dtype.itemsize
-        if len(page) * row_bytes > MAX_READ_BYTES:
-            fit = max(1, MAX_READ_BYTES // max(1, row_bytes))
-            raise HTTPException(status_code=413, detail={
-                "message": f"{len(page)} arrays of {row_bytes} bytes exceed the {MAX_READ_BYTES}-byte response "
-                           "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
-                "page_limit": fit})
-        array = index.read(cache.db(), page, type_, opener=FILES.get, close=False)
+        stack = index.stack(cache.db(), page, type_)
     except QueryError as exc:
         raise _error(exc, 400) from None
     except SweepcatError as exc:
         raise _error(exc, 404) from None
-    headers = {"x-sweepcat-shape": ",".join(map(str, array.shape)), "x-sweepcat-dtype": array.dtype.str,
-               "x-sweepcat-total": str(len(rows)), "x-sweepcat-offset": str(offset)}
-    return np.ascontiguousarray(array).tobytes(), headers
+    total = len(stack) * stack.row_bytes
+    if total > MAX_READ_BYTES:
+        fit = MAX_READ_BYTES // max(1, stack.row_bytes)
+        if fit == 0:
+            raise HTTPException(status_code=413, detail={
+                "message": f"one {type_!r} array is {stack.row_bytes:,} bytes, more than the {MAX_READ_BYTES:,}-byte "
+                           "response limit", "page_limit": 0,
+                "hint": f"read parts of it with Tiled's slicing: /api/v1/array/full/{dataset}/KEY/{type_}?slice=..."})
+        raise HTTPException(status_code=413, detail={
+            "message": f"{len(page)} arrays of {stack.row_bytes:,} bytes exceed the {MAX_READ_BYTES:,}-byte response "
+                       "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
+            "page_limit": fit})
+    opener = policy.opener()
+    try:
+        check_stack(stack, opener)
+    except (FileRefused, SourceChanged, SourceMissing) as exc:
+        raise read_error(exc) from None
+    chunk = max(min(total, STREAM_CHUNK_BYTES), stack.row_bytes)
+    what = f"read of {dataset}/{type_} rows {offset}..{offset + len(page)}"
+    reservation = BUDGET.reserve(min(chunk, total), what)
+    headers = {"x-sweepcat-shape": ",".join(map(str, (len(page), *stack.shape))),
+               "x-sweepcat-dtype": np.dtype(stack.dtype).str, "x-sweepcat-total": str(len(rows)),
+               "x-sweepcat-offset": str(offset), "content-length": str(total)}
+    return ReadPage(headers, _streamed(stream_stacked(stack, opener, chunk), reservation, what))
 
 
 @router.get("/read/{dataset}")
-async def read(dataset: str, type: str, q: str | None = Query(None, max_length=10_000),
-               offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=0),
-               root_tree: Any = Depends(get_root_tree),
-               _: Any = Security(check_scopes, scopes=["read:data"])) -> Response:
+async def read(dataset: str, type: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
+               limit: int | None = Query(None, ge=0),
+               access: Access = Depends(dataset_access(READ_DATA))) -> Response:
     """Stacked arrays ``(n, *shape)`` of one artifact type for the matching Hamiltonians (a page of them).
 
-    Rows are grouped by file and read in index order, each file opened once.
-    Responses above the size limit are refused with the page size to use.
+    Rows are grouped by file and read in index order, streamed as they are read. Responses above the
+    size limit are refused with the page size to use; every file is checked before the first byte.
     """
-    body, headers = await _in_thread(read_page, index_cache(root_tree), dataset, type, q, offset, limit)
-    return Response(body, media_type="application/octet-stream", headers=headers)
+    page = await _in_thread(read_page, access.policy, dataset, type, q, offset, limit)
+    return StreamingResponse(page.chunks, media_type="application/octet-stream", headers=page.headers)

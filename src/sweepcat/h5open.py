@@ -1,0 +1,450 @@
+"""The one rule for which files sweepcat opens, and the one way it opens HDF5 files and datasets.
+
+A file may be opened when its real path (symlinks resolved, ``..`` removed)
+lies inside one of the rule's roots and it is a regular file: never a FIFO,
+device, socket or directory. The check is made with ``os.stat`` before any
+open that could block, and the open itself is non-blocking and verified on
+the descriptor (``/proc/self/fd``), so a file swapped between check and open
+is refused too, not followed.
+
+A dataset may be read when every link on its path is a hard link, a soft
+link, or an external link whose target file passes the file rule (sweepcat
+follows external links itself; HDF5 never does), and its raw data lies in the
+file, in external raw-data files (HDF5 "external storage") that pass the file
+rule, or, for a virtual dataset, in source datasets of files that pass the
+file rule and hold their data themselves.
+
+Every reader uses this module: the server (through ``server/policy.py``),
+``inspect``, ``manifest``, ingest's verification and the client's direct
+reads. It imports nothing from sweepcat but ``errors``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import h5py
+
+from .errors import SweepcatError
+
+_PROC_FD = os.path.isdir("/proc/self/fd")
+MAX_LINK_HOPS = 16
+
+
+class FileRefused(SweepcatError):
+    """A file or dataset the rule does not allow to be opened; ``path`` is the one named to users."""
+
+    def __init__(self, path: str, reason: str, hint: str | None = None):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}", hint or "keep data files as regular files inside the dataset root "
+                         "(no symlinks, links or external storage that leave it)")
+
+
+class DatasetMissing(SweepcatError):
+    """The file opens, but holds no dataset at that path."""
+
+
+def _inside(real: str, roots: tuple[str, ...]) -> bool:
+    return any(real == r or real.startswith(r if r.endswith("/") else r + "/") for r in roots)
+
+
+def file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+@dataclass(frozen=True)
+class FileRule:
+    """Which files may be opened: regular files whose real path lies under one of ``roots`` (real paths)."""
+
+    roots: tuple[str, ...]
+    what: str = field(default="readable storage", compare=False)  # how messages name the roots
+
+    @classmethod
+    def under(cls, *roots: str | os.PathLike, what: str = "readable storage") -> "FileRule":
+        return cls(tuple(sorted({os.path.realpath(os.fspath(r)) for r in roots})), what)
+
+    def covers(self, directory: str | os.PathLike) -> bool:
+        """The real path of ``directory`` lies inside the roots (for data roots, not for opening files)."""
+        return _inside(os.path.realpath(os.fspath(directory)), self.roots)
+
+    def permits_path(self, path: str) -> bool:
+        """The real path lies inside the roots (no open, no stat of the file itself): for listings."""
+        return _inside(os.path.realpath(path), self.roots)
+
+    def check(self, path: str) -> tuple[str, os.stat_result]:
+        """(real path, stat) of a file that may be opened; raises FileRefused naming ``path``."""
+        real = os.path.realpath(path)
+        if not _inside(real, self.roots):
+            raise FileRefused(path, f"lies outside {self.what} (its real path leaves it)")
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(path, f"is {file_kind(st.st_mode)}, not a regular file")
+        return real, st
+
+    def open(self, path: str) -> "H5Handle":
+        """Open an HDF5 file read-only under the rule. FileNotFoundError and OSError (not HDF5) propagate."""
+        real, _ = self.check(path)
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(real, flags)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: swapped for a symlink since the check
+                raise FileRefused(path, "was replaced by a symlink while being opened") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileRefused(path, f"is {file_kind(st.st_mode)}, not a regular file")
+            if _PROC_FD:
+                # What was opened, not what the path says now: a directory swapped for a symlink is caught here.
+                opened = os.readlink(f"/proc/self/fd/{fd}")
+                if not _inside(opened, self.roots):
+                    raise FileRefused(path, f"lies outside {self.what} (it moved while being opened)")
+                f = h5py.File(f"/proc/self/fd/{fd}", "r")
+            else:  # pragma: no cover - Linux has /proc
+                f = h5py.File(real, "r")
+        finally:
+            os.close(fd)
+        return H5Handle(path, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), f)
+
+
+@dataclass
+class H5Handle:
+    """An HDF5 file opened under a rule; ``stamp`` identifies the file's content version."""
+
+    path: str  # as named by the caller (catalog, manifest)
+    real: str
+    stamp: tuple[int, int, int, int]  # dev, ino, mtime_ns, size
+    file: h5py.File
+    refs: int = 0
+    datasets: dict[tuple[str, tuple[str, ...]], h5py.Dataset] = field(default_factory=dict)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - closing a file HDF5 already lost is not an error worth raising
+            pass
+
+
+# --------------------------------------------------------------------------- dataset resolution
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def _beside(handle: H5Handle, name: str) -> str:
+    """A file named by an HDF5 link or storage property, resolved against the directory of ``handle``."""
+    name = os.fsdecode(name)
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(handle.real), name)
+
+
+def _external_prefix(handle: H5Handle) -> str:
+    """Where HDF5 looks for relative external raw-data files (we set it; the environment overrides it)."""
+    env = os.environ.get("HDF5_EXTFILE_PREFIX")
+    if env:
+        return env.replace("${ORIGIN}", os.path.dirname(handle.real))
+    return os.path.dirname(handle.real)
+
+
+class Opener:
+    """Opens files under a rule; ``dataset`` resolves a dataset path under the dataset rule."""
+
+    def __init__(self, rule: FileRule):
+        self.rule = rule
+
+    def acquire(self, path: str) -> H5Handle:
+        return self.rule.open(path)
+
+    def release(self, handle: H5Handle) -> None:
+        handle.close()
+
+    def resolve(self, handle: H5Handle, name: str, held: list[H5Handle], *, group: bool = False) -> Any:
+        """The dataset (or, with ``group``, the group) ``name`` of ``handle``: links followed under the
+        rule, a dataset's storage checked. Files opened to follow external links are appended to
+        ``held`` (the caller releases them)."""
+        want_group = group
+        where = f"{handle.path}#{name}"
+        current = handle
+        group: h5py.Group = current.file
+        parts = _parts(name)
+        hops = 0
+        i = 0
+        while True:
+            if not parts:
+                if want_group:
+                    return group
+                raise DatasetMissing(f"{where}: the path names the file's root group, not a dataset",
+                                     "fix 'dataset' in the manifest")
+            link = group.get(parts[i], getlink=True)
+            if link is None:
+                raise DatasetMissing(f"{where}: no such dataset in the file", "fix 'dataset' in the manifest, "
+                                     "or regenerate the file")
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    raise FileRefused(where, f"more than {MAX_LINK_HOPS} links on the dataset path (a loop?)")
+                rest = parts[i + 1:]
+                if isinstance(link, h5py.SoftLink):
+                    target = link.path
+                    if target.startswith("/"):
+                        group = current.file
+                else:
+                    target_file = _beside(current, link.filename)
+                    try:
+                        current = self.acquire(target_file)
+                    except FileRefused as exc:
+                        raise FileRefused(where, f"an external link leads to {link.filename}, which {exc.reason}") \
+                            from None
+                    except (FileNotFoundError, OSError) as exc:
+                        raise DatasetMissing(f"{where}: an external link leads to {link.filename}, which cannot be "
+                                             f"opened ({exc})", "restore the linked file") from None
+                    held.append(current)
+                    group = current.file
+                    target = link.path
+                parts, i = _parts(target) + rest, 0
+                continue
+            if not isinstance(link, h5py.HardLink):
+                raise FileRefused(where, f"the path holds a {type(link).__name__}, which sweepcat does not follow")
+            last = i == len(parts) - 1
+            kind = group.get(parts[i], getclass=True)
+            if not last:
+                if kind is not h5py.Group:
+                    raise DatasetMissing(f"{where}: {parts[i]!r} is not a group", "fix 'dataset' in the manifest")
+                group = group[parts[i]]
+                i += 1
+                continue
+            if want_group:
+                if kind is not h5py.Group:
+                    raise DatasetMissing(f"{where}: not a group", "fix the group path")
+                return group[parts[i]]
+            if kind is not h5py.Dataset:
+                raise DatasetMissing(f"{where}: not a dataset (a {getattr(kind, '__name__', kind)})",
+                                     "fix 'dataset' in the manifest")
+            dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+            dapl.set_efile_prefix(os.path.dirname(current.real).encode())
+            dapl.set_virtual_prefix(os.path.dirname(current.real).encode())
+            ds = h5py.Dataset(h5py.h5d.open(group.id, parts[i].encode(), dapl=dapl))
+            self._check_storage(current, ds, where, held)
+            return ds
+
+    def _check_storage(self, handle: H5Handle, ds: h5py.Dataset, where: str, held: list[H5Handle]) -> None:
+        dcpl = ds.id.get_create_plist()
+        for k in range(dcpl.get_external_count()):
+            name = os.fsdecode(dcpl.get_external(k)[0])
+            target = name if os.path.isabs(name) else os.path.join(_external_prefix(handle), name)
+            try:
+                self.rule.check(target)
+            except FileRefused as exc:
+                raise FileRefused(where, f"its raw data is stored in the external file {name}, which {exc.reason}") \
+                    from None
+            except FileNotFoundError:
+                raise DatasetMissing(f"{where}: its raw data is stored in the external file {name}, which is missing",
+                                     "restore the file") from None
+        if dcpl.get_layout() != h5py.h5d.VIRTUAL:
+            return
+        for k in range(dcpl.get_virtual_count()):
+            name = os.fsdecode(dcpl.get_virtual_filename(k))
+            source_name = os.fsdecode(dcpl.get_virtual_dsetname(k))
+            if "%" in name or "%" in source_name:
+                raise FileRefused(where, "a virtual dataset with printf-style source names cannot be checked",
+                                  "write the data into the file, or map each source explicitly")
+            if os.environ.get("HDF5_VDS_PREFIX"):
+                raise FileRefused(where, "HDF5_VDS_PREFIX is set, so virtual dataset sources cannot be located safely",
+                                  "unset HDF5_VDS_PREFIX in the server's environment")
+            if name == ".":
+                source = handle
+            else:
+                target = _beside(handle, name)
+                try:
+                    source = self.acquire(target)
+                except FileRefused as exc:
+                    raise FileRefused(where, f"a virtual dataset maps data from {name}, which {exc.reason}") from None
+                except (FileNotFoundError, OSError):
+                    raise DatasetMissing(f"{where}: a virtual dataset maps data from {name}, which is missing",
+                                         "restore the source file") from None
+                held.append(source)
+            self._check_source(source, source_name, where)
+
+    @staticmethod
+    def _check_source(source: H5Handle, name: str, where: str) -> None:
+        """A virtual dataset's source: reached by hard or soft links in its own file, holding its own data."""
+        group: h5py.Group = source.file
+        parts = _parts(name)
+        hops = 0
+        i = 0
+        while i < len(parts):
+            link = group.get(parts[i], getlink=True)
+            if isinstance(link, h5py.SoftLink):
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    raise FileRefused(where, "a virtual dataset source path has too many soft links")
+                group = source.file if link.path.startswith("/") else group
+                parts, i = _parts(link.path) + parts[i + 1:], 0
+                continue
+            if not isinstance(link, h5py.HardLink):
+                raise FileRefused(where, f"a virtual dataset source {source.path}#{name} is reached through a "
+                                  f"{type(link).__name__ if link is not None else 'missing link'}")
+            obj = group[parts[i]]
+            group = obj
+            i += 1
+        if not isinstance(group, h5py.Dataset):
+            raise DatasetMissing(f"{where}: virtual dataset source {source.path}#{name} is not a dataset",
+                                 "fix the virtual dataset")
+        dcpl = group.id.get_create_plist()
+        if dcpl.get_external_count() or dcpl.get_layout() == h5py.h5d.VIRTUAL:
+            raise FileRefused(where, f"virtual dataset source {source.path}#{name} does not hold its own data",
+                              "point virtual datasets at datasets that store their data in their file")
+
+    @contextmanager
+    def dataset(self, path: str, name: str) -> Iterator[h5py.Dataset]:
+        """A dataset of ``path``, open for the duration of the block."""
+        handle = self.acquire(path)
+        held: list[H5Handle] = []
+        try:
+            yield self.resolve(handle, name, held)
+        finally:
+            for h in held:
+                self.release(h)
+            self.release(handle)
+
+
+class FileCache:
+    """Open files shared by threads and by openers of different rules: reference counted, idle ones in an LRU.
+
+    A handle in use is never closed under its reader; a file replaced on disk
+    (new inode, size or mtime) is reopened, the old handle closed once idle.
+    Every acquire checks the path against the caller's rule first, so a cached
+    handle is never handed to a rule that would refuse the file.
+    """
+
+    def __init__(self, capacity: int = 128):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._current: dict[str, H5Handle] = {}  # real path -> newest handle
+        self._idle: OrderedDict[int, H5Handle] = OrderedDict()  # id(handle) -> handle with no reader
+        self._retired: set[int] = set()
+
+    def opener(self, rule: FileRule) -> "Opener":
+        return _CachedOpener(rule, self)
+
+    def acquire(self, rule: FileRule, path: str) -> H5Handle:
+        real, st = rule.check(path)
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            h = self._current.get(real)
+            if h is not None and h.stamp == stamp:
+                h.refs += 1
+                self._idle.pop(id(h), None)
+                return h
+        fresh = rule.open(path)
+        with self._lock:
+            old = self._current.get(fresh.real)
+            if old is not None and old.stamp == fresh.stamp:  # another thread opened it meanwhile
+                fresh.close()
+                old.refs += 1
+                self._idle.pop(id(old), None)
+                return old
+            if old is not None:
+                self._retire(old)
+            fresh.refs = 1
+            self._current[fresh.real] = fresh
+            self._trim()
+            return fresh
+
+    def release(self, handle: H5Handle) -> None:
+        with self._lock:
+            handle.refs -= 1
+            if handle.refs > 0:
+                return
+            if id(handle) in self._retired or self._current.get(handle.real) is not handle:
+                self._retired.discard(id(handle))
+                handle.close()
+                return
+            self._idle[id(handle)] = handle
+            self._trim()
+
+    def _retire(self, handle: H5Handle) -> None:
+        self._current.pop(handle.real, None)
+        self._idle.pop(id(handle), None)
+        if handle.refs <= 0:
+            handle.close()
+        else:
+            self._retired.add(id(handle))
+
+    def _trim(self) -> None:
+        while len(self._current) > self.capacity and self._idle:
+            _, h = self._idle.popitem(last=False)
+            self._current.pop(h.real, None)
+            h.close()
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._current)
+
+    def clear(self) -> None:
+        with self._lock:
+            for h in list(self._current.values()):
+                self._retire(h)
+
+
+class _CachedOpener(Opener):
+    """An opener whose files come from (and go back to) a shared FileCache."""
+
+    def __init__(self, rule: FileRule, cache: FileCache):
+        super().__init__(rule)
+        self.cache = cache
+
+    def acquire(self, path: str) -> H5Handle:
+        return self.cache.acquire(self.rule, path)
+
+    def release(self, handle: H5Handle) -> None:
+        self.cache.release(handle)
+
+    def resolve(self, handle: H5Handle, name: str, held: list[H5Handle], *, group: bool = False) -> Any:
+        if group:
+            return super().resolve(handle, name, held, group=True)
+        key = (name, self.rule.roots)
+        ds = handle.datasets.get(key)
+        if ds is not None:
+            return ds
+        ds = super().resolve(handle, name, held)
+        if not held:  # only datasets held inside their own file are cached with it
+            handle.datasets[key] = ds
+        return ds
+
+
+def regular_file_problem(path: str) -> str | None:
+    """Why ``path`` is not something to open as a data file (no open, no block); None if it is a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(st.st_mode) else f"is {file_kind(st.st_mode)}, not a regular file"
+
+
+def session(roots: Iterable[str | os.PathLike], what: str = "the dataset root") -> Opener:
+    """An opener for one task (inspect, manifest, ingest checks, client reads) under ``roots``."""
+    return Opener(FileRule.under(*roots, what=what))
+
+
+__all__ = ["FileRule", "FileRefused", "DatasetMissing", "H5Handle", "Opener", "FileCache", "regular_file_problem",
+           "session"]

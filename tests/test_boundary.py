@@ -1,0 +1,669 @@
+"""The server boundary (issue 8): one rule for who may read which bytes, tried as an attacker with a valid key.
+
+A module-scoped "attacked" catalog is built once: a small ingested dataset, then,
+through a running `sweepcat serve` and Tiled's stock client, array nodes whose
+data sources point outside readable storage in every way found (an outside
+file, ``..``, a symlink swapped in after ingest, HDF5 external storage, an
+external link, a virtual dataset, a FIFO), and node-metadata edits that claim
+``/`` as a dataset root. Each finding is then a test; the fast path is
+compared with Tiled's own route in-process (ASGI, no subprocess), and every
+route is tried under public access, a single key and access policies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from tiled.client import from_uri
+
+from sweepcat.catalog.schema import parse_catalog
+from sweepcat.cli import app as cli_app
+from sweepcat.server.app import build_app
+from sweepcat.server.config import server_config
+from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
+
+pytestmark = pytest.mark.timeout(300)
+
+SECRET = 7.25  # every value of the outside file's arrays
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\n"  # the outside text file's first 32 bytes
+BATCH_FILES = ["NiPS3_random_rank0000.h5", "NiPS3_random_rank0001.h5"]
+ATTACKS = ("outside", "dotdot", "swapped", "ext", "elink", "vds", "fifo")
+
+
+@dataclass
+class World:
+    base: Path
+    root: Path
+    outside: Path
+    catalog: str
+    dataset: str
+    keys: list[str]  # the dataset's Hamiltonian keys, in listing order
+
+    def path(self, type_: str, key: int = 0) -> str:
+        return f"{self.dataset}/{self.keys[key]}/{type_}"
+
+    def config(self, **kwargs: Any) -> dict:
+        return server_config(parse_catalog(self.catalog).tiled_uri, [str(self.root)], api_key=API_KEY, **kwargs)
+
+
+def _cli(runner: Any, *args: str) -> Any:
+    result = runner.invoke(cli_app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _data_source(uri: str, dataset: str, shape: tuple[int, ...], dtype: str, index: int | None) -> Any:
+    from tiled.structures.array import ArrayStructure, BuiltinDtype
+    from tiled.structures.data_source import Asset, DataSource, Management
+
+    structure = ArrayStructure(data_type=BuiltinDtype.from_numpy_dtype(np.dtype(dtype)), shape=shape,
+                               chunks=tuple((s,) for s in shape), dims=None)
+    params = {"dataset": dataset} if index is None else {"dataset": dataset, "index": index}
+    return DataSource(management=Management.external, mimetype="application/x-sliced-hdf5",
+                      structure_family="array", structure=structure, parameters=params,
+                      assets=[Asset(data_uri=uri, is_directory=False, parameter="data_uri")])
+
+
+def _write_attack_files(root: Path, outside: Path) -> None:
+    shutil.copy(root / BATCH_FILES[0], root / "swap.h5")
+    with h5py.File(root / "ext.h5", "w") as f:  # raw data stored in an outside file
+        f.create_dataset("RAW", shape=(1, 32), dtype="u1", external=[(str(outside / "passwd.txt"), 0, 32)])
+    with h5py.File(root / "elink.h5", "w") as f:
+        f["RIXS"] = h5py.ExternalLink(str(outside / "secret.h5"), "/RIXS")
+    with h5py.File(root / "vds.h5", "w") as f:
+        layout = h5py.VirtualLayout(shape=(4, 151, 40), dtype="f8")
+        layout[:] = h5py.VirtualSource(str(outside / "secret.h5"), "RIXS", shape=(4, 151, 40))
+        f.create_virtual_dataset("RIXS", layout)
+    os.mkfifo(root / "fifo.h5")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, runner: Any) -> World:
+    base = tmp_path_factory.mktemp("boundary")
+    root, outside = base / "data", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    for name in BATCH_FILES:
+        shutil.copy(demo_root / "NiPS3_batched" / name, root / name)
+    spec = base / "spec.yml"
+    _cli(runner, "inspect", root, "-o", spec, "--no-tree")
+    text = spec.read_text().replace("label: data", "label: sweep")
+    spec.write_text(text)
+    _cli(runner, "manifest", spec, "-o", base / "manifests")
+    catalog = str(base / "catalog.db")
+    _cli(runner, "ingest", base / "manifests", "--catalog", catalog)
+    with h5py.File(outside / "secret.h5", "w") as f:
+        f["RIXS"] = np.full((4, 151, 40), SECRET)
+    (outside / "passwd.txt").write_bytes(PASSWD + b"x" * 64)
+    _write_attack_files(root, outside)
+
+    with sweepcat_server(catalog) as url:
+        c = from_uri(url, api_key=API_KEY)
+        ds = c["sweep"]
+        keys = list(ds.keys())
+        h = ds[keys[0]]
+        rixs = ((151, 40), "float64", 0, "/RIXS")
+        attacks = {
+            "outside": (f"file://localhost{outside}/secret.h5", *rixs),
+            "dotdot": (f"file://localhost{root}/../outside/secret.h5", *rixs),
+            "swapped": (f"file://localhost{root}/swap.h5", *rixs),
+            "ext": (f"file://localhost{root}/ext.h5", (32,), "uint8", 0, "/RAW"),
+            "elink": (f"file://localhost{root}/elink.h5", *rixs),
+            "vds": (f"file://localhost{root}/vds.h5", *rixs),
+            "fifo": (f"file://localhost{root}/fifo.h5", *rixs),
+        }
+        for type_, (uri, shape, dtype, index, dataset) in attacks.items():
+            h.new("array", [_data_source(uri, dataset, shape, dtype, index)], key=type_)
+        # Finding 2: readable roots claimed through node metadata, which any key holder can edit.
+        md = dict(ds.metadata)
+        md["sweepcat"] = {**md["sweepcat"], "root": "/"}
+        ds.replace_metadata(md)
+        c.create_container("x", metadata={"sweepcat": {"kind": "dataset", "root": "/"}})
+        httpx.get(f"{url}/api/v1/array/full/{world_path('sweep', keys[0], 'outside')}",
+                  headers={"Authorization": f"Apikey {API_KEY}"}, timeout=30)
+    (root / "swap.h5").unlink()
+    (root / "swap.h5").symlink_to(outside / "secret.h5")  # Finding 4: swapped after ingest
+    return World(base, root, outside, catalog, "sweep", keys)
+
+
+def world_path(*segments: str) -> str:
+    return "/".join(segments)
+
+
+@pytest.fixture
+def inproc(world: World) -> Iterator[Any]:
+    """Build in-process apps on the attacked catalog (no subprocess): yields a factory of TestClients."""
+    clients: list[TestClient] = []
+
+    def make(*, fast_path: bool = True, public: bool = False, policy: str | None = None,
+             policy_args: dict | None = None, limit: int | None = None, tiled_only: bool = False) -> TestClient:
+        config = world.config(public=public)
+        if policy:
+            config["access_control"] = {"access_policy": f"tests.support.policies:{policy}",
+                                        "args": policy_args or {}}
+        if limit is not None:
+            config["response_bytesize_limit"] = limit
+        if tiled_only:  # what `tiled serve config` runs: Tiled's app with sweepcat's router mounted
+            from tiled.server.app import build_app_from_config
+
+            app = build_app_from_config(config)
+        else:
+            app = build_app(config, fast_path=fast_path)
+        client = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+KEY = {"Authorization": f"Apikey {API_KEY}"}
+
+
+def _no_secret(response: httpx.Response) -> None:
+    body = response.content
+    assert PASSWD[:11] not in body, "outside text served"
+    if len(body) >= 8 and len(body) % 8 == 0:
+        assert not np.any(np.frombuffer(body, dtype="f8") == SECRET), "outside array served"
+
+
+def _array(client: TestClient, world: World, type_: str, headers: dict | None = None, **params: str) -> httpx.Response:
+    return client.get(f"/api/v1/array/full/{world.path(type_)}", params=params,
+                      headers=KEY if headers is None else headers)
+
+
+def _sweepcat(client: TestClient, route: str, world: World, headers: dict | None = None, **params: str) -> Any:
+    return client.get(f"/api/v1/sweepcat/{route}/{world.dataset}", params=params,
+                      headers=KEY if headers is None else headers)
+
+
+# --------------------------------------------------------------------------- findings 1-7
+
+
+@pytest.mark.parametrize("type_", ATTACKS)
+def test_no_read_path_serves_a_file_outside_readable_storage(world: World, inproc: Any, type_: str) -> None:
+    """Findings 1, 3, 4, 5, 6: Tiled's route (through the adapter), the fast path, /read and /locators."""
+    q = f'key == "{world.keys[0]}"'
+    for fast in (True, False):
+        client = inproc(fast_path=fast)
+        r = _array(client, world, type_)
+        assert r.status_code in (403, 404, 500), (fast, r.status_code, r.text[:300])
+        _no_secret(r)
+        r = _sweepcat(client, "read", world, type=type_, q=q)
+        assert r.status_code == 403, (fast, r.status_code, r.text[:300])
+        _no_secret(r)
+        assert f"{type_}" in r.text or "swap.h5" in r.text or "outside" in r.text
+    r = _sweepcat(inproc(), "locators", world, type=type_, q=q)
+    if type_ in ("outside", "dotdot", "swapped"):  # the file itself is outside: its locator is not served
+        assert r.status_code == 403 and "outside readable storage" in r.text, r.text[:300]
+    else:  # the file is inside; what it links to is refused when read
+        assert r.status_code == 200
+
+
+def test_the_good_node_still_reads_on_every_path(world: World, inproc: Any, demo_root: Path) -> None:
+    with h5py.File(world.root / BATCH_FILES[0], "r") as f:
+        want = f["RIXS"][0]
+    for fast in (True, False):
+        client = inproc(fast_path=fast)
+        r = _array(client, world, "rixs")
+        assert r.status_code == 200, r.text[:300]
+        assert (r.headers.get("x-sweepcat-fast-path") == "1") == fast
+        np.testing.assert_array_equal(np.frombuffer(r.content, "f8").reshape(151, 40), want)
+        r = _sweepcat(client, "read", world, type="rixs", q=f'key == "{world.keys[0]}"')
+        assert r.status_code == 200
+        np.testing.assert_array_equal(np.frombuffer(r.content, "f8").reshape(151, 40), want)
+
+
+def test_readable_storage_is_never_taken_from_node_metadata(world: World, runner: Any, inproc: Any) -> None:
+    """Finding 2: a dataset's metadata edited to claim root '/', a container claiming to be a dataset."""
+    result = _cli(runner, "config", "--catalog", world.catalog)
+    import yaml
+
+    config = yaml.safe_load(result.stdout)
+    assert config["trees"][0]["args"]["readable_storage"] == [str(world.root.resolve())]
+    client = inproc()
+    assert [d["key"] for d in _sweepcat_get(client, "/api/v1/sweepcat/datasets")] == ["sweep"]
+    for _ in range(2):  # the second request is after any "refresh" of roots
+        r = _array(client, world, "outside")
+        assert r.status_code != 200
+        _no_secret(r)
+
+
+def _sweepcat_get(client: TestClient, path: str) -> Any:
+    r = client.get(path, headers=KEY)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_register_stock_refuses_a_manifest_the_bulk_path_refuses(world: World, runner: Any, tmp_path: Path) -> None:
+    """Finding 3: `register --stock` with `file: ../../outside.h5` is refused before anything is sent."""
+    import pyarrow as pa
+
+    from sweepcat.contract import read_manifests
+
+    m = read_manifests(world.base / "manifests")
+    files = m.art.column("file").to_pylist()
+    files[0] = "../outside/secret.h5"
+    art = m.art.set_column(m.art.column_names.index("file"), "file", pa.array(files))
+    out = tmp_path / "bad"
+    out.mkdir()
+    import pyarrow.parquet as pq
+
+    pq.write_table(m.ham.replace_schema_metadata(m.ham.schema.metadata), out / "sweep_hamiltonians.parquet")
+    pq.write_table(art.replace_schema_metadata(m.art.schema.metadata), out / "sweep_artifacts.parquet")
+    port = free_port()
+    result = runner.invoke(cli_app, ["register", str(out), "--url", f"http://127.0.0.1:{port}", "--api-key",
+                                     API_KEY, "--stock"])
+    assert result.exit_code == 2, result.output
+    assert "../outside/secret.h5" in result.output and "'..'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_symlink_swapped_in_after_ingest_is_refused_by_the_stock_client(world: World) -> None:
+    """Finding 4, as a user of a real server would try it."""
+    with sweepcat_server(world.catalog) as url:
+        node = from_uri(url, api_key=API_KEY)[world.dataset][world.keys[0]]["swapped"]
+        with pytest.raises(Exception) as info:
+            node.read()
+        assert "403" in str(info.value) or "refused" in str(info.value).lower()
+
+
+def test_inspect_manifest_ingest_name_links_and_storage_that_leave_the_root(world: World, runner: Any,
+                                                                          tmp_path: Path) -> None:
+    """Finding 5: external storage, external links and virtual datasets leaving the root, by name."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in BATCH_FILES:
+        shutil.copy(world.root / name, root / name)
+    with h5py.File(root / BATCH_FILES[1], "a") as f:
+        del f["XPS"]
+        f.create_dataset("XPS", shape=(64, 5000), dtype="f8",
+                         external=[(str(world.outside / "passwd.txt"), 0, 64 * 5000 * 8)])
+    r = runner.invoke(cli_app, ["inspect", str(root), "--no-tree", "-o", str(tmp_path / "spec.yml")])
+    assert r.exit_code == 1, r.output
+    assert f"{BATCH_FILES[1]}#/XPS" in r.output and "external file" in r.output
+    # manifest from a spec written before the change: refused by name, nothing written
+    spec = tmp_path / "good.yml"
+    text = (world.base / "spec.yml").read_text().replace(str(world.root), str(root))
+    spec.write_text(text)
+    r = runner.invoke(cli_app, ["manifest", str(spec), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 2, r.output
+    assert f"{BATCH_FILES[1]}#/XPS" in r.output and "outside the dataset root" in r.output
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+    # ingest of manifests made before the change: the verification opens the files under the rule
+    from sweepcat.catalog.ingest import ingest
+    from sweepcat.contract import read_manifests
+    from sweepcat.errors import ContractError
+
+    m = read_manifests(world.base / "manifests", base_dir=root)
+    with pytest.raises(ContractError) as info:
+        ingest(m, str(tmp_path / "c.db"), verify_sample=None)
+    assert f"{BATCH_FILES[1]}#/XPS" in str(info.value) and "external file" in str(info.value)
+    for link in ("elink.h5", "vds.h5"):
+        d = tmp_path / link.removesuffix(".h5")
+        d.mkdir()
+        shutil.copy(world.root / link, d / link)
+        r = runner.invoke(cli_app, ["inspect", str(d), "--no-tree"])
+        assert f"{link}#/RIXS" in r.output and "outside the dataset root" in r.output, r.output
+
+
+def test_a_fifo_never_blocks_the_server_or_inspect(world: World, tmp_path: Path) -> None:
+    """Finding 6: the first read of a FIFO node froze every route; `inspect` on a directory with a FIFO hung."""
+    with sweepcat_server(world.catalog) as url:
+        r = httpx.get(f"{url}/api/v1/array/full/{world.path('fifo')}", headers=KEY, timeout=20)
+        assert r.status_code == 403 and "FIFO" in r.text, r.text
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        r = httpx.get(f"{url}/api/v1/sweepcat/read/{world.dataset}", headers=KEY, timeout=20,
+                      params={"type": "fifo", "q": f'key == "{world.keys[0]}"'})
+        assert r.status_code == 403 and "FIFO" in r.text
+    d = tmp_path / "withfifo"
+    d.mkdir()
+    shutil.copy(world.root / BATCH_FILES[0], d / BATCH_FILES[0])
+    os.mkfifo(d / "pipe.h5")
+    done = subprocess.run([sys.executable, "-m", "sweepcat.cli", "inspect", str(d), "--no-tree"],
+                          capture_output=True, text=True, timeout=60, env=clean_env())
+    assert done.returncode == 1 and "pipe.h5" in done.stdout and "FIFO" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_url_path_is_decoded_once(world: World) -> None:
+    """Finding 7: `%2572ixs` (the key `%72ixs`) is not `rixs`. A real server: Starlette's test client
+    decodes paths twice itself."""
+    with sweepcat_server(world.catalog) as url:
+        r = httpx.get(f"{url}/api/v1/array/full/{world.dataset}/{world.keys[0]}/%2572ixs", headers=KEY)
+        assert r.status_code == 404, r.status_code
+        r = httpx.get(f"{url}/api/v1/array/full/{world.dataset}/{world.keys[0]}/%72ixs", headers=KEY)
+        assert r.status_code == 200, r.status_code  # decoded once, %72 is 'r', as for Tiled
+        r = httpx.get(f"{url}/api/v1/sweepcat/search/%2573weep", headers=KEY)  # the dataset `%73weep`
+        assert r.status_code == 404, r.status_code
+        r = httpx.get(f"{url}/api/v1/sweepcat/read/%2573weep", params={"type": "rixs"}, headers=KEY)
+        assert r.status_code == 404, r.status_code
+
+
+# --------------------------------------------------------------------------- finding 8: access policies
+
+
+def test_sweepcat_routes_enforce_the_access_policy(world: World, inproc: Any) -> None:
+    q = f'key == "{world.keys[0]}"'
+    routes = {"search": {}, "facets": {"param": "tenDq"}, "params": {}, "locators": {"type": "rixs"},
+              "read": {"type": "rixs"}}
+    for tiled_only in (False, True):  # sweepcat serve, and the routes mounted in a plain `tiled serve config`
+        whole = inproc(policy="WholeDatasetPolicy", tiled_only=tiled_only)
+        partial = inproc(policy="PartialPolicy", policy_args={"visible_key": world.keys[0]}, tiled_only=tiled_only)
+        hidden = inproc(policy="HiddenPolicy", tiled_only=tiled_only)
+        for route, params in routes.items():
+            r = _sweepcat(whole, route, world, q=q, **params)
+            assert r.status_code == 200, (route, r.text[:200])
+            assert r.headers.get("x-sweepcat-fast-path") is None  # with a policy, Tiled's stack always decides
+            r = _sweepcat(partial, route, world, q=q, **params)
+            assert r.status_code == 403 and "only part of dataset" in r.text, (route, r.status_code, r.text[:200])
+            r = _sweepcat(hidden, route, world, q=q, **params)
+            assert r.status_code == 404, (route, r.status_code, r.text[:200])
+        assert [d["key"] for d in _sweepcat_get(whole, "/api/v1/sweepcat/datasets")] == ["sweep"]
+        assert _sweepcat_get(hidden, "/api/v1/sweepcat/datasets") == []
+        # Tiled's own route applies the policy node by node: the visible Hamiltonian reads, the others do not.
+        assert _array(partial, world, "rixs").status_code == 200
+        r = partial.get(f"/api/v1/array/full/{world.dataset}/{world.keys[1]}/rixs", headers=KEY)
+        assert r.status_code == 404
+        assert _array(hidden, world, "rixs").status_code == 404
+
+
+# --------------------------------------------------------------------------- finding 9: memory
+
+
+def test_size_is_checked_from_the_structure_before_any_read(world: World, inproc: Any) -> None:
+    """A missing file answers "too large" (400, Tiled's message) when the response would be: nothing is read."""
+    from sweepcat.catalog.db import connect
+
+    limit = 1000
+    for fast in (True, False):
+        client = inproc(fast_path=fast, limit=limit)
+        r = _array(client, world, "rixs")
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"] == (f"Response would exceed {limit}. Use slicing ('?slice=...') to request "
+                                      "smaller chunks.")
+        assert _array(client, world, "rixs", slice="0,0:5").status_code == 200
+    with connect(parse_catalog(world.catalog)) as db:  # the data source of xps, pointed at a missing file
+        row = db.fetch("SELECT a.data_uri FROM nodes n JOIN nodes h ON n.parent = h.id JOIN data_sources d ON "
+                       "d.node_id = n.id JOIN data_source_asset_association x ON x.data_source_id = d.id JOIN "
+                       "assets a ON a.id = x.asset_id WHERE h.key = ? AND n.key = 'xps'", world.keys[0])
+    real = Path(row[0][0].removeprefix("file://localhost"))
+    moved = real.with_suffix(".moved")
+    real.rename(moved)
+    try:
+        for fast in (True, False):
+            client = inproc(fast_path=fast, limit=limit)
+            r = _array(client, world, "xps")
+            assert r.status_code == 400 and "Response would exceed" in r.text, (fast, r.status_code, r.text)
+            r = _array(client, world, "xps", slice="0:10")
+            assert r.status_code == 404 and "not found" in r.text, (fast, r.status_code, r.text)
+    finally:
+        moved.rename(real)
+
+
+def test_bytes_in_flight_are_bounded_server_wide(world: World, inproc: Any) -> None:
+    """Over the budget: 503 with Retry-After, on the fast path, Tiled's route and /read alike."""
+    from sweepcat.server import policy as policy_mod
+
+    client = inproc()
+    tiled_client = inproc(fast_path=False)
+    held = policy_mod.BUDGET.reserve(policy_mod.BUDGET.limit, "a test holding the whole budget")
+    try:
+        for c in (client, tiled_client):
+            r = _array(c, world, "rixs")
+            assert r.status_code == 503 and r.headers["retry-after"] == str(policy_mod.RETRY_AFTER_SECONDS), r.text
+            assert "busy" in r.text
+            r = _sweepcat(c, "read", world, type="rixs", q=f'key == "{world.keys[0]}"')
+            assert r.status_code == 503 and "retry-after" in r.headers
+    finally:
+        held.release()
+    assert _array(client, world, "rixs").status_code == 200
+    assert policy_mod.BUDGET.in_flight == 0
+
+
+def test_budget_unit() -> None:
+    from sweepcat.server import policy as policy_mod
+
+    budget = policy_mod.ByteBudget(100)
+    big = budget.reserve(500, "alone")  # more than the budget may run when nothing else does
+    with pytest.raises(Exception) as info:
+        budget.reserve(1, "second")
+    assert getattr(info.value, "status_code", None) == 503
+    big.release()
+    big.release()  # releasing twice is harmless
+    a = budget.reserve(60, "a")
+    with pytest.raises(Exception):
+        budget.reserve(50, "b")
+    b = budget.reserve(40, "b")
+    assert budget.in_flight == 100
+    a.release()
+    b.release()
+    assert budget.in_flight == 0
+    array = np.zeros(10)
+    budget.reserve(80, "array").until_freed(array)
+    assert budget.in_flight == 80
+    del array
+    assert budget.in_flight == 0
+
+
+def test_text_facets_cost_rows_not_rows_times_longest_value(tmp_path: Path, demo_root: Path) -> None:
+    """A 20 MB note in one of 64 rows: the facet answers at once, values truncated, memory bounded."""
+    import pyarrow as pa
+
+    from sweepcat.catalog.index import IndexCache
+    from sweepcat.catalog.ingest import ingest
+    from sweepcat.contract import DatasetDescription, Manifests
+
+    n = 64
+    notes = ["short"] * n
+    notes[3] = "x" * (20 * 1024 * 1024)
+    ham = pa.table({"huid": [f"h{i}" for i in range(n)], "key": [f"H_{i}" for i in range(n)],
+                    "tenDq": np.linspace(0, 1, n), "note": notes})
+    art = pa.table({"huid": [f"h{i}" for i in range(n)], "type": ["rixs"] * n, "file": [BATCH_FILES[0]] * n,
+                    "dataset": ["/RIXS"] * n, "index": list(range(n)), "shape": [[151, 40]] * n,
+                    "dtype": ["float64"] * n})
+    m = Manifests(ham, art, DatasetDescription("notes", "notes", str(demo_root / "NiPS3_batched")))
+    catalog = tmp_path / "notes.db"
+    ingest(m, str(catalog))
+    index = IndexCache(parse_catalog(str(catalog))).get("notes")
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = index.facets(index.select(None), "note")
+    assert time.perf_counter() - t0 < 5
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 200 * 1024, f"facets grew the process by {grown_kb} kB"
+    assert out["count"] == n and out["distinct"]["short"] == n - 1 and out["distinct_total"] == 2
+    assert max(len(k) for k in out["distinct"]) < 300
+
+
+# --------------------------------------------------------------------------- finding 10: 400s, not 500s
+
+
+BAD_QUERIES = {
+    "huge integer": ("tenDq > " + "9" * 400, "out of range"),
+    "deep parentheses": ("(" * 400 + "tenDq > 1" + ")" * 400, "nested"),
+    "not repeated": ("not " * 1000 + "tenDq > 1", "nested"),
+    "too long": ("tenDq > 1 or " * 1000 + "tenDq > 1", "too long"),
+    "many tests": (" or ".join(["key<1"] * 1001), "comparisons"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_QUERIES)
+def test_query_limits_are_400s_that_name_the_limit(world: World, inproc: Any, name: str) -> None:
+    text, said = BAD_QUERIES[name]
+    client = inproc()
+    for route, params in {"search": {}, "facets": {"param": "tenDq"}, "params": {}, "locators": {},
+                          "read": {"type": "rixs"}}.items():
+        r = _sweepcat(client, route, world, q=text, **params)
+        assert r.status_code == 400, (route, r.status_code, r.text[:200])
+        assert said in r.json()["detail"]["message"], (route, r.json())
+
+
+@pytest.mark.parametrize("params,status", [
+    ({"expected_shape": "abc"}, 422), ({"slice": "::0"}, 400), ({"slice": ":,:,:,:"}, 400),
+    ({"slice": "999"}, 400), ({"expected_shape": "1,1"}, 500), ({"slice": "0,::-1"}, 200),
+])
+def test_bad_slices_and_shapes_answer_as_tiled(world: World, inproc: Any, params: dict, status: int) -> None:
+    """The fast path and Tiled's route give the same status and body (500 only where Tiled itself says 500)."""
+    fast, tiled = inproc(), inproc(fast_path=False)
+    a, b = _array(fast, world, "rixs", **params), _array(tiled, world, "rixs", **params)
+    assert a.status_code == b.status_code == status, (a.status_code, a.text[:200], b.status_code, b.text[:200])
+    assert (a.json() == b.json()) if status != 200 else (a.content == b.content)
+
+
+# --------------------------------------------------------------------------- finding 11
+
+
+def test_serve_banner_masks_a_postgres_password(postgres: Any, tmp_path: Path, world: World) -> None:
+    from sweepcat.catalog.ingest import ingest
+    from sweepcat.contract import read_manifests
+
+    dsn = postgres.create_database("bannerpw")
+    ingest(read_manifests(world.base / "manifests"), dsn)
+    with_password = dsn.replace("://postgres@", "://postgres:hunter2secret@")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", with_password, "--port",
+                             str(port)], env=clean_env(SWEEPCAT_API_KEY=API_KEY), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+    finally:
+        stop(proc)
+    output = proc.stdout.read()
+    assert "hunter2secret" not in output and "***" in output, output
+
+
+def test_a_spec_key_cannot_write_manifests_outside_the_output(world: World, runner: Any, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yml"
+    spec.write_text((world.base / "spec.yml").read_text() + "key: ../../escaped\n")
+    out = tmp_path / "a" / "b" / "out"
+    r = runner.invoke(cli_app, ["manifest", str(spec), "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "../../escaped" in r.output and "key" in r.output
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+# --------------------------------------------------------------------------- dependency overrides
+
+
+def test_dependency_overrides_added_after_start_up_take_effect(world: World, inproc: Any) -> None:
+    """`_SettledOverrides` must never hide an override: one that raises makes Tiled's routes fail."""
+    from tiled.server.dependencies import get_root_tree
+
+    client = inproc(fast_path=False)
+    assert client.get(f"/api/v1/metadata/{world.dataset}", headers=KEY).status_code == 200
+
+    def broken() -> None:
+        raise RuntimeError("override in effect")
+
+    client.app.dependency_overrides[get_root_tree] = broken
+    try:
+        assert client.get(f"/api/v1/metadata/{world.dataset}", headers=KEY).status_code == 500
+    finally:
+        del client.app.dependency_overrides[get_root_tree]
+    assert client.get(f"/api/v1/metadata/{world.dataset}", headers=KEY).status_code == 200
+
+
+# --------------------------------------------------------------------------- fast path == Tiled
+
+
+CREDENTIALS = {
+    "header": {"headers": KEY},
+    "query": {"headers": {}, "params": {"api_key": API_KEY}},
+    "cookie": {"headers": {"Cookie": f"tiled_api_key={API_KEY}"}},
+    "wrong key": {"headers": {"Authorization": "Apikey wrong"}},
+    "no key": {"headers": {}},
+    "bearer": {"headers": {"Authorization": "Bearer not-a-token"}},
+    "odd scheme": {"headers": {"Authorization": "Token abc"}},
+    "good header, wrong query": {"headers": KEY, "params": {"api_key": "wrong"}},
+}
+
+
+def _same(a: httpx.Response, b: httpx.Response, what: str) -> None:
+    assert a.status_code == b.status_code, (what, a.status_code, a.text[:300], b.status_code, b.text[:300])
+    if a.headers.get("content-type", "").startswith("application/json"):
+        assert a.json() == b.json(), (what, a.text[:300], b.text[:300])
+    else:
+        assert a.content == b.content, what
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_the_fast_path_answers_exactly_as_tiled_does(world: World, inproc: Any, public: bool) -> None:
+    """Same requests, fast path on and off: equal status codes and bodies, and never a wider grant."""
+    on, off = inproc(public=public), inproc(public=public, fast_path=False)
+    paths = [world.path(t) for t in ("rixs", "xps", *ATTACKS)]
+    paths += [f"{world.dataset}/{world.keys[0]}/%2572ixs", f"{world.dataset}/{world.keys[0]}/%72ixs",
+              f"{world.dataset}/{world.keys[0]}", f"{world.dataset}/nope/rixs", "nope"]
+    for path in paths:
+        for name, cred in CREDENTIALS.items():
+            kwargs = {"headers": cred.get("headers", {}), "params": cred.get("params", {})}
+            _same(on.get(f"/api/v1/array/full/{path}", **kwargs), off.get(f"/api/v1/array/full/{path}", **kwargs),
+                  f"{path} with {name}")
+    for params in ({"slice": "0"}, {"slice": "3:7,::-2"}, {"slice": "-1"}, {"expected_shape": "151,40"},
+                   {"format": "application/json"}, {"slice": "0", "slice2": "x"}):
+        _same(on.get(f"/api/v1/array/full/{world.path('rixs')}", params=params, headers=KEY),
+              off.get(f"/api/v1/array/full/{world.path('rixs')}", params=params, headers=KEY), str(params))
+    for route, params in (("search", {"q": "tenDq > 1"}), ("search", {"q": "tenDq >"}), ("search", {"limit": "-1"}),
+                          ("read", {"type": "rixs", "q": f'key == "{world.keys[1]}"'}), ("read", {"type": "nope"}),
+                          ("read", {"type": "outside"}), ("read", {"type": "rixs", "offset": "x"})):
+        for name, cred in CREDENTIALS.items():
+            kwargs = {"headers": cred.get("headers", {}), "params": {**params, **cred.get("params", {})}}
+            _same(on.get(f"/api/v1/sweepcat/{route}/{world.dataset}", **kwargs),
+                  off.get(f"/api/v1/sweepcat/{route}/{world.dataset}", **kwargs), f"{route} {params} with {name}")
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+MODES = {
+    "public": {"public": True},
+    "single key": {},
+    "policy": {"policy": "WholeDatasetPolicy"},
+}
+CASES = {"inside": "rixs", "outside": "outside", "swapped": "swapped", "external": "ext", "external link": "elink",
+         "virtual": "vds", "fifo": "fifo"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matrix_of_access_modes_routes_and_files(world: World, inproc: Any, mode: str) -> None:
+    """public / single key / access policy x every route that serves bytes x inside / outside / swapped /
+    external / FIFO: the inside file reads everywhere, nothing else is ever served."""
+    client = inproc(**MODES[mode])
+    headers = {} if mode == "public" else KEY
+    for case, type_ in CASES.items():
+        q = f'key == "{world.keys[0]}"'
+        responses = {
+            "array/full": client.get(f"/api/v1/array/full/{world.path(type_)}", headers=headers),
+            "array/full json": client.get(f"/api/v1/array/full/{world.path(type_)}", headers=headers,
+                                          params={"format": "application/json"}),
+            "array/block": client.get(f"/api/v1/array/block/{world.path(type_)}", headers=headers,
+                                      params={"block": "0,0" if type_ != "ext" else "0"}),
+            "sweepcat/read": client.get(f"/api/v1/sweepcat/read/{world.dataset}", headers=headers,
+                                        params={"type": type_, "q": q}),
+        }
+        for route, r in responses.items():
+            if case == "inside":
+                assert r.status_code == 200, (mode, route, r.status_code, r.text[:200])
+            else:
+                assert r.status_code in (403, 404, 500), (mode, case, route, r.status_code, r.text[:200])
+                _no_secret(r)
+    if mode == "public":
+        r = client.get(f"/api/v1/array/full/{world.path('rixs')}", headers={"Authorization": "Apikey wrong"})
+        assert r.status_code == 401
+        assert client.post("/api/v1/sweepcat/register", content=b"x").status_code == 401
