@@ -38,18 +38,6 @@ def _keys(url: str, dataset: str, n: int) -> list[str]:
     return r.json()["keys"]
 
 
-def node_read_ms(url: str, dataset: str, keys: list[str]) -> list[float]:
-    """`node.read()` with the node already fetched, as in ANCHORS (stock Tiled client), in ms."""
-    from tiled.client import from_uri
-
-    client = from_uri(url, api_key=API_KEY)[dataset]
-    nodes = [client[k]["rixs"] for k in keys]
-    samples: list[float] = []
-    for node in nodes:
-        samples += [x * 1000 for x in timeit(node.read, repeat=3, warmup=1)]
-    return samples
-
-
 def _tiled_serve(catalog: str, port: int, work: Path) -> subprocess.Popen:
     config = work / "tiled.yml"
     text = subprocess.run([sys.executable, "-m", "sweepcat.cli", "config", "--catalog", catalog, "--port", str(port)],
@@ -61,9 +49,8 @@ def _tiled_serve(catalog: str, port: int, work: Path) -> subprocess.Popen:
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if ":" in line}
-    return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 def _server_pid(port: int) -> int:
@@ -109,7 +96,22 @@ def concurrent_maximal_pages(url: str, port: int, dataset: str, clients: int = 8
     return before, peak[0], seconds, sum(got)
 
 
+def interleaved_reads(urls: dict[str, str], dataset: str, keys: list[str], rounds: int) -> dict[str, list[float]]:
+    """node.read() latencies (ms) on several servers, alternating in rounds so that drift hits all alike."""
+    from tiled.client import from_uri
+
+    nodes = {name: [from_uri(url, api_key=API_KEY)[dataset][k]["rixs"] for k in keys] for name, url in urls.items()}
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    for _ in range(rounds):
+        for name, group in nodes.items():
+            for node in group:
+                samples[name] += [x * 1000 for x in timeit(node.read, repeat=1, warmup=1)]
+    return samples
+
+
 def run(repeat: int = 3) -> Run:
+    import contextlib
+
     from sweepcat.catalog.ingest import ingest
 
     result = Run("boundary")
@@ -119,33 +121,43 @@ def run(repeat: int = 3) -> Run:
     try:
         catalog = str(work / "seed.db")
         ingest(m, catalog)
-        with sweepcat_server(catalog) as url:
-            keys = _keys(url, ds, 40)
-            port = int(url.rsplit(":", 1)[1])
-            ours = node_read_ms(url, ds, keys)
-            before, peak, seconds, nbytes = concurrent_maximal_pages(url, port, ds)
-        tport = free_port()
-        tiled = _tiled_serve(catalog, tport, work)
-        try:
-            wait_ready(f"http://127.0.0.1:{tport}", tiled)
-            stock = node_read_ms(f"http://127.0.0.1:{tport}", ds, keys)
-        finally:
-            stop(tiled)
-        baseline_note = f"stock Tiled path (tiled serve config), same run: p50 {np.median(stock):.1f} ms"
         older_src = os.environ.get("SWEEPCAT_BENCH_BASELINE_SRC")
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(sweepcat_server(catalog))
+            urls = {"sweepcat": url}
+            tport = free_port()
+            tiled = _tiled_serve(catalog, tport, work)
+            stack.callback(stop, tiled)
+            wait_ready(f"http://127.0.0.1:{tport}", tiled)
+            urls["stock Tiled"] = f"http://127.0.0.1:{tport}"
+            if older_src:
+                urls["pre-boundary"] = stack.enter_context(sweepcat_server(catalog,
+                                                                           extra_env={"PYTHONPATH": older_src}))
+            keys = _keys(url, ds, 30)
+            lat = interleaved_reads(urls, ds, keys, rounds=max(3, repeat))
+            port = int(url.rsplit(":", 1)[1])
+            before, peak, seconds, nbytes = concurrent_maximal_pages(url, port, ds)
+            old_rss = None
+            if older_src:
+                old_url = urls["pre-boundary"]
+                old_rss = concurrent_maximal_pages(old_url, int(old_url.rsplit(":", 1)[1]), ds)
+        p50 = {name: float(np.median(v)) for name, v in lat.items()}
+        note = f"stock Tiled path, same run: p50 {p50['stock Tiled']:.1f} ms"
         if older_src:
-            with sweepcat_server(catalog, extra_env={"PYTHONPATH": older_src}) as url:
-                older = node_read_ms(url, ds, keys)
-            baseline_note += f"; before the boundary ({older_src}), same run: p50 {np.median(older):.1f} ms"
+            note += f"; pre-boundary sweepcat, same run: p50 {p50['pre-boundary']:.1f} ms " \
+                    f"({100 * (p50['sweepcat'] / p50['pre-boundary'] - 1):+.0f} %)"
         result.figures.append(Figure("node.read() of a RIXS map, node already fetched (fast path behind the boundary)",
-                                     "ms", ours, target="within 10 % of the pre-boundary fast path",
-                                     baseline=baseline_note))
-        result.figures.append(Figure("the same through the stock Tiled path (tiled serve config)", "ms", stock))
+                                     "ms", lat["sweepcat"], target="within 10 % of the pre-boundary fast path",
+                                     baseline=note))
+        result.figures.append(Figure("the same through the stock Tiled path (tiled serve config)", "ms",
+                                     lat["stock Tiled"]))
         if older_src:
-            result.figures.append(Figure("the same on the pre-boundary sweepcat serve", "ms", older))
+            result.figures.append(Figure("the same on the pre-boundary sweepcat serve", "ms", lat["pre-boundary"]))
         result.figures.append(Figure(
             f"server RSS peak during 8 concurrent maximal /read pages ({nbytes / 1e9:.1f} GB in {seconds:.1f} s)",
-            "MB", [peak], target="< 1,000 MB (in-flight budget 512 MiB)", baseline=f"RSS before: {before:.0f} MB"))
+            "MB", [peak], target="< 1,000 MB (in-flight budget 512 MiB)",
+            baseline=f"RSS before: {before:.0f} MB" + (f"; pre-boundary server, same load: {old_rss[0]:.0f} -> "
+                                                       f"{old_rss[1]:.0f} MB" if old_rss else "")))
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -69,12 +69,13 @@ class NodeLookup:
             self._local.con = con
         return con
 
-    def _lookup_sqlite(self, segments: list[str]) -> list[tuple]:
-        return self._sqlite().execute(_lookup_sql(len(segments), lambda i: f"?{i}"), segments).fetchall()
+    def lookup_sync(self, segments: list[str]) -> ArrayRow | None:
+        """SQLite only: the lookup in the calling (worker) thread."""
+        return array_row(self._sqlite().execute(_lookup_sql(len(segments), lambda i: f"?{i}"), segments).fetchall())
 
     async def lookup(self, segments: list[str]) -> ArrayRow | None:
         if self.cat.dialect == "sqlite":
-            return array_row(await anyio.to_thread.run_sync(self._lookup_sqlite, segments))
+            return await anyio.to_thread.run_sync(self.lookup_sync, segments)
         if self._pool is None:
             import asyncpg
 

@@ -114,8 +114,9 @@ class SlicedHDF5Adapter:
         shape = tuple(self._structure.shape)
         dtype = np.dtype(self._structure.data_type.to_numpy_dtype())
         read, after, out_shape = selection(slice, shape)
-        check_response_size(int(np.prod(out_shape, dtype=np.int64)) * dtype.itemsize)
-        reservation = BUDGET.reserve(int(np.prod(out_shape, dtype=np.int64)) * dtype.itemsize, self.locator)
+        nbytes = int(np.prod(out_shape, dtype=np.int64)) * dtype.itemsize
+        check_response_size(nbytes)
+        reservation = BUDGET.reserve(nbytes, lambda: self.locator)
         try:
             with self._open() as ds:
                 self._check(ds, shape, dtype)

@@ -38,7 +38,7 @@ import weakref
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import anyio
 import numpy as np
@@ -77,9 +77,11 @@ class ByteBudget:
         self.in_flight = 0
         self._lock = threading.Lock()
 
-    def reserve(self, nbytes: int, what: str) -> "Reservation":
+    def reserve(self, nbytes: int, what: str | Callable[[], str]) -> "Reservation":
+        """Reserve ``nbytes`` for ``what`` (a description, or a function giving one if refused)."""
         with self._lock:
             if self.in_flight and self.in_flight + nbytes > self.limit:
+                what = what() if callable(what) else what
                 raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, detail={
                     "message": f"{what}: the server is busy ({self.in_flight:,} bytes of array data in flight, "
                                f"budget {self.limit:,}; this request needs {nbytes:,})",
