@@ -294,7 +294,7 @@ def test_cli_delete_dry_run_prompt_and_each_level(runner, small_catalog: Path, d
     files_before = file_states(demo_root / "NiPS3_per_entity", demo_root / "NiPS3_per_artifact")
     ds_id = node_id(cat, "NiPS3_per_entity")
     n_dataset = subtree_size(cat, ds_id)
-    assert n_dataset == 1 + 24 * (1 + 4) + 1 + 5  # dataset, 24 Hamiltonians with 4 arrays, _axes with 5 axes
+    assert n_dataset == 1 + 24 * (1 + 4)  # dataset, 24 Hamiltonians with 4 arrays (axes live in /_axes)
     other_before = subtree_size(cat, node_id(cat, "NiPS3_per_artifact"))
     before = sqlite_snapshot(cat)
 
@@ -358,7 +358,9 @@ def test_cli_delete_dry_run_prompt_and_each_level(runner, small_catalog: Path, d
     gone = [i for (i,) in sql(cat, "SELECT descendant FROM nodes_closure WHERE ancestor = ?", ds_id)]
     r = runner.invoke(app, ["delete", "NiPS3_per_entity", "--catalog", cat, "--yes"])
     assert r.exit_code == 0, r.output
-    assert sqlite_snapshot(cat)["top"] == ["NiPS3_per_artifact"]
+    assert sqlite_snapshot(cat)["top"] == ["NiPS3_per_artifact", "_axes"]
+    assert sql(cat, "SELECT d.key FROM nodes d JOIN nodes r ON d.parent = r.id WHERE r.parent = 0 AND "
+                    "r.key = '_axes'") == [("NiPS3_per_artifact",)]  # the deleted dataset's axes went with it
     assert f"sweepcat_p_{ds_id}" not in sqlite_snapshot(cat)["counts"]
     assert sql(cat, "SELECT count(*) FROM sweepcat_datasets WHERE dataset_id = ?", ds_id) == [(0,)]
     marks = ",".join("?" * len(gone))
@@ -541,7 +543,7 @@ def test_config_yaml_runs_under_tiled_serve_config(runner, small_catalog: Path, 
     try:
         wait_ready(url, proc)
         client = from_uri(url, api_key=key)
-        assert sorted(client) == ["NiPS3_per_artifact", "NiPS3_per_entity"]
+        assert sorted(client) == ["NiPS3_per_artifact", "NiPS3_per_entity", "_axes"]
         m = manifests_of(demo_manifests, "NiPS3_per_entity")
         ham = m.ham.to_pandas()
         huid, hkey = ham.huid.iloc[5], ham.key.iloc[5]
@@ -732,8 +734,11 @@ def _assert_big_complete(uri: str, result=None) -> None:
         n = db.fetch("SELECT count(*) FROM nodes_closure WHERE ancestor = ?", ds)[0][0]
         n_ds = db.fetch("SELECT count(*) FROM data_sources d JOIN nodes_closure c ON c.descendant = d.node_id "
                         "WHERE c.ancestor = ?", ds)[0][0]
-    assert n == 1 + BIG_HAM + BIG_ART + 1 + 3  # dataset, Hamiltonians, artifacts, _axes and its 3 axes
-    assert n_ds == BIG_ART + 3
+        axes = db.fetch("SELECT count(*) FROM nodes a JOIN nodes d ON a.parent = d.id JOIN nodes r ON d.parent = r.id "
+                        "WHERE r.parent = 0 AND r.key = '_axes' AND d.key = ?", BIG)[0][0]
+    assert n == 1 + BIG_HAM + BIG_ART  # dataset, Hamiltonians, artifacts
+    assert n_ds == BIG_ART
+    assert axes == 3  # /_axes/<BIG>/<3 axes>
 
 
 def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, demo_manifests: Path,
@@ -741,7 +746,7 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
     catalog = str(tmp_path / "kill.db")
     ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), catalog)
     before = sqlite_snapshot(catalog)
-    assert before["top"] == ["NiPS3_per_entity"]
+    assert before["top"] == ["NiPS3_per_entity", "_axes"]
     inside = []
     kills = [dict(after_start=0.5), dict(after_start=1.5), dict(after_write_began=0.0),
              dict(after_write_began=0.2), dict(after_write_began=0.45)]
@@ -757,7 +762,7 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
                                    big_manifests / f"{BIG}_artifacts.parquet"), catalog)
     _assert_big_complete(catalog, result)
     after = sqlite_snapshot(catalog)
-    assert after["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert after["top"] == sorted(["NiPS3_per_entity", BIG, "_axes"])
     assert set(before["triggers"]) <= set(after["triggers"])  # Tiled's triggers are back, unchanged
     assert set(orphans(catalog).values()) == {0}
     fts_integrity(catalog)
@@ -779,7 +784,7 @@ def test_sigkill_during_commit_then_ingest_again(runner, tmp_path: Path, demo_ma
     assert r.exit_code == 0, r.output
     assert f"{BIG_HAM} Hamiltonians and {BIG_ART} artifacts added" in r.output
     _assert_big_complete(catalog)
-    assert sqlite_snapshot(catalog)["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert sqlite_snapshot(catalog)["top"] == sorted(["NiPS3_per_entity", BIG, "_axes"])
     assert sql(catalog, "PRAGMA integrity_check") == [("ok",)]
 
 
@@ -825,7 +830,7 @@ def test_sigkill_during_ingest_leaves_postgres_catalog_as_it_was(postgres, tmp_p
                                    big_manifests / f"{BIG}_artifacts.parquet"), uri)
     _assert_big_complete(uri, result)
     after = pg_snapshot(uri)
-    assert after["top"] == sorted(["NiPS3_per_entity", BIG])
+    assert after["top"] == sorted(["NiPS3_per_entity", BIG, "_axes"])
     assert set(before["triggers"]) <= set(after["triggers"])  # Tiled's triggers are back, unchanged
     # Ids handed out later by Tiled itself (sequences) do not collide with the bulk-written ones.
     with connect(parse_catalog(uri)) as db:
@@ -872,14 +877,14 @@ def test_running_server_answers_during_ingest_and_sees_the_commit(tmp_path: Path
         # The same client sees the new dataset once committed.
         assert BIG in client
         ds = client[BIG]
-        assert len(ds) == BIG_HAM + 1  # Hamiltonians and _axes
+        assert len(ds) == BIG_HAM  # Hamiltonians only
         ham = big.ham.to_pandas()
         hkey = ham.key.iloc[1234]
         assert ds[hkey].metadata["huid"] == ham.huid.iloc[1234]
         assert ds[hkey]["rixs"].shape == (151, 40)
         # Reading the new data: plain HTTP with a timeout (the client retries a 500 for a minute).
         for path, want_b in ((f"{BIG}/{hkey}/rixs", np.zeros((151, 40))),  # unfilled chunks: fill value
-                             (f"{BIG}/_axes/eloss_RIXS", np.linspace(-1.0, 14.0, 151))):
+                             (f"_axes/{BIG}/eloss_RIXS", np.linspace(-1.0, 14.0, 151))):
             r = httpx.get(_array_url(url, path), params={"api_key": API_KEY}, headers={"Accept": "application/json"},
                           timeout=30)
             assert r.status_code == 200, f"{path}: {r.status_code} {r.text}"

@@ -10,12 +10,13 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from .errors import SweepcatError
 
@@ -44,6 +45,22 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextlib.contextmanager
+def phase_progress(what: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per phase of long work ((phase, done, total) callbacks), with percentage and ETA on terminals."""
+    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            task = tasks.get(phase)
+            if task is None:
+                task = tasks[phase] = bar.add_task(f"{what}: {phase}", total=max(total, 1))
+            bar.update(task, completed=done, total=max(total, 1))
+        yield advance
 
 
 @contextlib.contextmanager
@@ -216,6 +233,8 @@ def ingest_cmd(
     update: bool = typer.Option(False, "--update", help="Refresh the metadata of Hamiltonians already in the catalog."),
     prune: bool = typer.Option(False, "--prune", help="Remove Hamiltonians that are no longer in the manifest (catalog only)."),
     verify_all: bool = typer.Option(False, "--verify-all", help="Open every HDF5 file to check it (default: up to 2,000 files, sampled)."),
+    move_root: bool = typer.Option(False, "--move-root", help="The dataset's files moved: record the manifests' "
+                                   "root as its new data root (its files are checked there like a new dataset's)."),
 ) -> None:
     """Write manifests straight into Tiled's catalog database: fast, atomic, idempotent.
 
@@ -237,10 +256,9 @@ def ingest_cmd(
                                 "e.g. sweepcat ingest demo/manifests --catalog sweepcat.db")
         for ham_path, art_path in pairs:
             m = read_manifests(ham_path, art_path, base_dir=base_dir, label=label)
-            with err.status(f"ingesting {m.description.key}") as status:
-                result = ingest(m, catalog, update=update, prune=prune,
-                                verify_sample=None if verify_all else 2000,
-                                progress=lambda msg: status.update(msg))
+            with phase_progress(f"ingest {m.description.key}") as advance:
+                result = ingest(m, catalog, update=update, prune=prune, move_root=move_root,
+                                verify_sample=None if verify_all else 2000, progress=advance)
             if result.created_catalog:
                 out.print(f"created catalog {result.catalog}")
             out.print(str(result))
@@ -317,7 +335,6 @@ def delete_cmd(
     with friendly_errors():
         if (catalog is None) == (url is None):
             raise SweepcatError("give exactly one of --catalog and --url", "e.g. --catalog sweepcat.db")
-        path = "/".join(s for s in (dataset, key, type_) if s)
         if catalog is not None:
             from .catalog.delete import execute_delete, plan_delete
             from .catalog.schema import parse_catalog
@@ -326,14 +343,10 @@ def delete_cmd(
             plan = plan_delete(cat, dataset, key, type_)
             what = f"{plan.path} ({plan.nodes} node(s)) from {cat.display}"
         else:
-            from tiled.client import from_uri
+            from .client.delete import plan_remote_delete
 
-            client = from_uri(url, api_key=api_key)
-            try:
-                node = client[path]
-            except KeyError:
-                raise SweepcatError(f"{path}: no such node at {url}", "check the names") from None
-            what = f"{path} from {url}"
+            remote = plan_remote_delete(url, api_key, dataset, key, type_)
+            what = str(remote)
         if dry_run:
             out.print(f"would delete {what}")
             return
@@ -343,7 +356,7 @@ def delete_cmd(
         if catalog is not None:
             execute_delete(cat, plan)
         else:
-            node.delete(recursive=True)
+            remote.execute()
         out.print(f"deleted {what}")
 
 
@@ -352,37 +365,27 @@ READABLE_HELP = "Extra directory the server may read (repeatable), e.g. where `s
 
 @app.command("reindex")
 def reindex_cmd(
-    dataset: Optional[str] = typer.Argument(None, help="Dataset key (default: every dataset)."),
+    dataset: Optional[str] = typer.Argument(None, help="Dataset key (default: every sweepcat dataset)."),
     catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
+    root: Optional[Path] = typer.Option(None, "--root", help="Record DIR as the dataset's data root (for a dataset "
+                                        "registered by `register --stock` or another tool, which sweepcat adopts)."),
 ) -> None:
     """Rebuild the parameter search index from the Hamiltonians' metadata.
 
-    `ingest`, `register` and `delete` keep it in step; use this for datasets
-    registered by other tools, or if it ever drifts.
+    `ingest`, `register` and `delete` keep it in step, and so do triggers for changes made
+    through Tiled's API. Use this to adopt a dataset registered by other tools (then sweepcat
+    treats it as its own), or if the index ever drifts.
 
     Example:  sweepcat reindex NiPS3_batched --catalog sweepcat.db
     """
-    from .catalog.db import connect
-    from .catalog.params import reindex
-    from .catalog.query import list_datasets
-    from .catalog.schema import ensure_catalog, parse_catalog
+    from .catalog.params import reindex_catalog
+    from .catalog.schema import parse_catalog
 
     with friendly_errors():
-        cat = parse_catalog(catalog)
-        ensure_catalog(cat, create=False)
-        with connect(cat) as db:
-            rows = db.fetch("SELECT key, id FROM nodes WHERE parent = 0 ORDER BY id")
-        known = {d.key for d in list_datasets(cat)}
-        targets = [(k, i) for k, i in rows if (dataset is None and k in known) or k == dataset]
-        if not targets:
-            raise SweepcatError(f"no dataset {dataset!r} in {cat.display}" if dataset else "no datasets to index",
-                                "check the key")
-        for key, node_id in targets:
-            with connect(cat) as db:
-                db.begin()
-                n = reindex(db, int(node_id), key)
-                db.commit()
-            out.print(f"{key}: indexed {n} Hamiltonians")
+        for done in reindex_catalog(parse_catalog(catalog), dataset, str(root) if root else None):
+            out.print(f"{done.key}: indexed {done.hamiltonians} Hamiltonians" + (" (adopted)" if done.adopted else ""))
+            for warning in done.warnings:
+                out.print(f"  note: {warning}", markup=False, highlight=False)
 
 
 def _server_config(catalog: str, public: bool, host: str, port: int,

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .contract import NAN_POLICIES, is_valid_key, to_key
+from .contract import NAN_POLICIES, key_problem, to_key
 from .errors import SweepcatError
 
 LAYOUTS = {
@@ -130,9 +130,8 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
     if not sources:
         raise _fail(where, "no sources")
     key = data.get("key")
-    if key is not None and not is_valid_key(str(key)):
-        raise _fail(where, f"key {key!r} is not a valid catalog key (it names the manifest files and the "
-                    "dataset's node): use letters, digits and _ . - + = @ : only, without '/' or '..'")
+    if key is not None and key_problem(str(key)):
+        raise _fail(where, f"key {key!r} cannot name the dataset (and its manifest files): it {key_problem(str(key))}")
     nan_policy = data.get("nan_policy", "error")
     if nan_policy not in NAN_POLICIES:
         raise _fail(where, f"nan_policy {nan_policy!r}; use one of {', '.join(NAN_POLICIES)}")

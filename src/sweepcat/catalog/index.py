@@ -248,7 +248,7 @@ class IndexCache:
         cached = self._indexes.get(dataset)
         if cached is not None and cached.version == reg.version and cached.dataset_id == reg.dataset_id:
             return cached
-        table = params.load(db, reg.dataset_id, reg.version, list(reg.columns), reg.columns)
+        table = params.load(db, reg)
         md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", reg.dataset_id)[0][0]
         md = json.loads(md) if isinstance(md, str) else md
         index = DatasetIndex(dataset, reg.dataset_id, reg.version, md, table, reg.root)

@@ -1,22 +1,29 @@
-"""Bulk ingest: manifests -> Tiled's catalog, in one transaction per dataset.
+"""Bulk ingest: manifests -> Tiled's catalog, in one transaction per dataset, in bounded memory.
 
 Layout written:
 
-    /<DATASET>                  container: dataset metadata under "sweepcat"
-    /<DATASET>/_axes/<name>     shared axes (whole 1-D datasets)
-    /<DATASET>/<key>            container per Hamiltonian: huid + parameters
-    /<DATASET>/<key>/<type>     array; data source -> (file, dataset, index)
+    /<DATASET>                    container: dataset metadata under "sweepcat"
+    /<DATASET>/<key>              container per Hamiltonian: huid + parameters
+    /<DATASET>/<key>/<type>       array; data source -> (file, dataset, index)
+    /_axes/<DATASET>/<name>       the dataset's shared axes (whole 1-D datasets)
 
-Speed comes from writing rows column-wise with explicit ids and replacing
-Tiled's per-row insert triggers (closure table, SQLite full-text index) by
-set-wise statements that produce the same rows, inside the same transaction.
-The triggers are restored before commit, so readers never see them missing.
+Two passes over the manifests, each in batches of rows. The first checks the whole contract
+(``ManifestChecker``: hashes, not rows, are kept), sums up parameters and artifact types, and
+opens a sample of the HDF5 files under the file rule; nothing is written if anything is wrong.
+The second writes, inside one transaction: Hamiltonians batch by batch, then artifacts (their
+parents found through the first pass's hash index), so memory holds a batch and a few bytes per
+row. Killed at any point, the catalog stays as it was.
+
+Speed comes from writing rows column-wise with explicit ids and replacing Tiled's two per-row
+insert triggers that only derive rows (closure table, SQLite full-text index) by set-wise
+statements writing the same rows; Tiled's integrity triggers stay on (SQLite), or, where
+PostgreSQL's replica role switches every trigger and foreign key off, the same checks run
+set-wise before commit. The catalog's triggers must be exactly those sweepcat knows.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -25,17 +32,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import Manifests, asset_uri, validate
+from ..contract import ManifestChecker, Manifests, asset_uri, hash64, key_problem
 from ..errors import ContractError, SweepcatError
 from ..h5open import Opener, session
 from . import params
 from .db import Database, connect
-from .delete import delete_node_ids
-from .plan import AXES_KEY, IngestPlan, build_plan, compact_json, structure_for
-from .schema import MIMETYPE, CatalogURI, ensure_catalog, parse_catalog
-from .verify import AxisInfo, read_axes, verify_against_files
+from .delete import count_children, delete_node_ids
+from .plan import (AXES_KEY, ParameterSummary, TypePlan, artifact_metadata, compact_json, data_source_parameters,
+                   dataset_metadata, first_of_each_type, hamiltonian_metadata, provenance, structure_for, type_plan)
+from .schema import MIMETYPE, REPLACED_TRIGGERS, CatalogURI, check_triggers, ensure_catalog, parse_catalog
+from .verify import AxisInfo, FileSample, read_axes, verify_sample
 
-Progress = Callable[[str], None]
+Progress = Callable[[str, int, int], None]  # (phase, done, total): phases in PHASES order
+PHASES = ("checking", "verifying files", "locking", "hamiltonians", "artifacts", "indexing", "committing")
+BATCH_ROWS = 65_536
 
 
 @dataclass
@@ -68,53 +78,126 @@ class IngestResult:
         return " ".join(parts[:1]) + " " + ", ".join(parts[1:]) + f" in {self.seconds:.2f} s ({rate:,.0f} nodes/s)"
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- pass 1: check
 
 
-def prepare(manifests: Manifests, *, verify_sample: int | None = 2000,
-            progress: Callable[[int], None] | None = None,
-            opener: Opener | None = None) -> tuple[IngestPlan, list[AxisInfo]]:
-    """Validate manifests and check them against the files; nothing touches the catalog."""
+@dataclass
+class Survey:
+    """What the first pass learned: enough to write without holding the manifests in memory."""
+
+    manifests: Manifests
+    n_ham: int
+    n_art: int
+    types: dict[str, TypePlan]
+    parameters: dict[str, dict[str, Any]]
+    kinds: dict[str, str]  # parameter name -> number | text (searchable ones)
+    huid_hashes: np.ndarray  # sorted
+    huid_rows: np.ndarray  # the Hamiltonian row of each sorted hash
+    key_hashes: np.ndarray  # sorted
+    axes: list[AxisInfo]
+
+    @property
+    def key(self) -> str:
+        return self.manifests.description.key
+
+    @property
+    def root(self) -> str:
+        return self.manifests.description.root
+
+    def ham_rows_of(self, huids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        """The Hamiltonian row of each huid (every one is known: the contract was checked)."""
+        return self.huid_rows[np.searchsorted(self.huid_hashes, hash64(huids))]
+
+
+def prepare(manifests: Manifests, *, verify_sample_files: int | None = 2000, opener: Opener | None = None,
+            progress: Progress | None = None, batch_rows: int = BATCH_ROWS) -> Survey:
+    """The first pass: every contract rule, the files' headers (a sample), the summary. Writes nothing."""
+    say = progress or (lambda *_: None)
     d = manifests.description
-    problems = validate(manifests.ham, manifests.art, root=d.root, check_files_exist=True)
+    why = key_problem(d.key)
+    if why:
+        raise SweepcatError(f"dataset key {d.key!r} cannot name a dataset: it {why}",
+                            "choose another label (--label) or `key:` in the spec")
+    n_ham, n_art = manifests.num_ham, manifests.num_art
+    checker = ManifestChecker(root=d.root, check_files_exist=True, value_at=manifests.value_at)
+    summary = ParameterSummary()
+    schema = None
+    done = 0
+    for batch in manifests.ham_batches(batch_rows):
+        schema = batch.schema
+        checker.add_ham(batch)
+        summary.add(batch)
+        done += batch.num_rows
+        say("checking", done, n_ham + n_art)
+    firsts: dict[str, dict[str, Any]] = {}
+    sample = FileSample(verify_sample_files)
+    art_columns: list[str] = []
+    for batch in manifests.art_batches(batch_rows):
+        art_columns = batch.column_names
+        checker.add_art(batch)
+        if checker.art_schema_ok:
+            for name, first in first_of_each_type(batch).items():
+                firsts.setdefault(name, first)
+            sample.add(batch)
+        done += batch.num_rows
+        say("checking", done, n_ham + n_art)
+    problems = checker.problems()
     if problems:
         raise ContractError(problems, subject=f"manifests of dataset {d.key!r}")
-    missing = [c for c in ("shape", "dtype") if c not in manifests.art.column_names]
+    missing = [c for c in ("shape", "dtype") if c not in art_columns]
     if missing:
         raise SweepcatError(f"the artifacts manifest has no {' or '.join(missing)} column",
                             "regenerate it with `sweepcat manifest` (it records shape and dtype per artifact)")
-    plan = build_plan(manifests)
+    types = {name: type_plan(name, f["dataset"], f["shape"], f["dtype"], f["axes"]) for name, f in firsts.items()}
     opener = opener or session([d.root])
-    problems = verify_against_files(manifests.art, d.root, plan.types, sample=verify_sample, progress=progress,
-                                    opener=opener)
+    files = len(sample.groups)
+    say("verifying files", 0, files)
+    done_files = [0]
+
+    def advance(n: int) -> None:
+        done_files[0] += n
+        say("verifying files", done_files[0], files)
+
+    problems = verify_sample(sample, d.root, types, progress=advance, opener=opener)
     if problems:
         raise ContractError(problems, subject=f"files of dataset {d.key!r}")
-    return plan, read_axes(plan.axes, d.root, opener)
+    huid_hashes, huid_rows = checker.hash_index("huid")
+    key_hashes, _ = checker.hash_index("key")
+    return Survey(manifests, n_ham, n_art, types, summary.entries,
+                  params.searchable_columns(schema) if schema is not None else {}, huid_hashes, huid_rows,
+                  key_hashes, read_axes(d.shared_axes, d.root, opener))
+
+
+# --------------------------------------------------------------------------- entry point
 
 
 def ingest(manifests: Manifests, catalog: str | CatalogURI | None = None, *, update: bool = False,
-           prune: bool = False, verify_sample: int | None = 2000, progress: Progress | None = None,
-           opener: Opener | None = None) -> IngestResult:
-    """Write one dataset's manifests into a catalog: atomic, idempotent, incremental.
+           prune: bool = False, move_root: bool = False, verify_sample: int | None = 2000,
+           progress: Progress | None = None, opener: Opener | None = None,
+           batch_rows: int = BATCH_ROWS) -> IngestResult:
+    """Write one dataset's manifests into a catalog: atomic, idempotent, incremental, bounded in memory.
 
-    Files are checked under ``opener``'s file rule (default: the dataset root; a server registering
-    passes its readable storage)."""
+    Files are checked under ``opener``'s file rule (default: the dataset root). A dataset's recorded
+    data root changes only with ``move_root`` (its files are checked like a new dataset's)."""
     t0 = time.perf_counter()
-    say = progress or (lambda _: None)
+    say = progress or (lambda *_: None)
     cat = catalog if isinstance(catalog, CatalogURI) else parse_catalog(catalog)
-    say("checking manifests against the HDF5 files")
-    plan, axes = prepare(manifests, verify_sample=verify_sample, opener=opener)
+    survey = prepare(manifests, verify_sample_files=verify_sample, opener=opener, progress=say,
+                     batch_rows=batch_rows)
     t_prep = time.perf_counter()
-    say(f"opening catalog {cat.display}")
+    say("locking", 0, 1)
     created = ensure_catalog(cat)
-    result = IngestResult(cat.display, plan.dataset_key, created_catalog=created)
+    result = IngestResult(cat.display, survey.key, created_catalog=created)
     result.phases["prepare"] = t_prep - t0
     with connect(cat) as db:
         db.begin()
         try:
-            _write(db, plan, axes, update=update, prune=prune, result=result, say=say)
-            say("committing")
+            _Writer(db, survey, result, update=update, prune=prune, move_root=move_root, say=say,
+                    batch_rows=batch_rows).run()
+            say("committing", 0, 1)
+            t = time.perf_counter()
             db.commit()
+            result.phases["commit"] = time.perf_counter() - t
         except BaseException:
             db.rollback()
             raise
@@ -122,321 +205,400 @@ def ingest(manifests: Manifests, catalog: str | CatalogURI | None = None, *, upd
     return result
 
 
-# --------------------------------------------------------------------------- writing
-
-
-_INSERT_TRIGGER = re.compile(r"\b(AFTER|BEFORE)\s+INSERT\s+ON\s+(nodes|data_source_asset_association)\b", re.I)
-
-
-def _sqlite_insert_triggers(db: Database) -> list[tuple[str, str]]:
-    rows = db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
-    return [(name, sql) for name, sql in rows if sql and _INSERT_TRIGGER.search(sql)]
-
-
-_BULK_TABLES = ("nodes", "nodes_closure", "data_sources", "data_source_asset_association")
-
-
-def _sqlite_secondary_indexes(db: Database) -> list[tuple[str, str]]:
-    """Plain indexes (not constraints) of the tables a bulk ingest fills."""
-    rows = db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN "
-                    f"({','.join('?' * len(_BULK_TABLES))})", *_BULK_TABLES)
-    return [(name, sql) for name, sql in rows if not re.search(r"\bUNIQUE\b", sql, re.I)]
-
-
-def _lock(db: Database) -> bool:
-    """Serialise writers; True when per-row triggers may be switched off for this transaction."""
-    if db.dialect == "sqlite":
-        return True  # BEGIN IMMEDIATE already holds the write lock
-    # EXCLUSIVE lets the server keep reading while no one else writes (ids below come from max(id)).
-    db.execute("LOCK TABLE nodes, data_sources, assets, structures, data_source_asset_association IN EXCLUSIVE MODE")
-    return bool(db.fetch("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0])
+# --------------------------------------------------------------------------- pass 2: write
 
 
 def _next_id(db: Database, table: str) -> int:
     return int(db.fetch(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")[0][0])
 
 
-def _dataset_node(db: Database, plan: IngestPlan) -> tuple[int, dict[str, Any] | None]:
-    row = db.fetch("SELECT id, metadata FROM nodes WHERE parent = 0 AND key = ?", plan.dataset_key)
-    if row:
-        md = row[0][1]
-        return int(row[0][0]), (json.loads(md) if isinstance(md, str) else md)
-    node_id = _next_id(db, "nodes")
-    db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) VALUES (?, 0, ?, 'container', ?, '[]')",
-               node_id, plan.dataset_key, compact_json(plan.dataset_metadata))
-    return node_id, None
+def _md(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
 
 
-def _merge_parameter_ranges(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-    if not old:
-        return new
-    merged = dict(old.get("sweepcat", {}).get("parameters", {}))
-    for name, entry in new.items():
-        prev = merged.get(name)
-        if prev and "min" in prev and "min" in entry and prev["min"] is not None and entry["min"] is not None:
-            entry = {**entry, "min": min(prev["min"], entry["min"]), "max": max(prev["max"], entry["max"])}
-        merged[name] = entry
-    return merged
+def _mask_valid(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.is_valid(arr).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _write(db: Database, plan: IngestPlan, axes: list[AxisInfo], *, update: bool, prune: bool,
-           result: IngestResult, say: Progress) -> None:
-    t = time.perf_counter()
-    may_disable_triggers = _lock(db)
-    ds_id, old_md = _dataset_node(db, plan)
-    ds_ancestors = db.fetch("SELECT ancestor, depth FROM nodes_closure WHERE descendant = ? ORDER BY ancestor", ds_id)
-    if old_md is None:  # a new dataset node: nothing below it yet
-        existing: dict[str, int] = {}
-    elif prune:
-        existing = {k: int(i) for k, i in db.fetch("SELECT key, id FROM nodes WHERE parent = ?", ds_id)}
-    else:  # only this batch's keys: re-sending a batch stays cheap however large the dataset
-        existing = {k: int(i) for k, i in db.fetch_in("SELECT key, id FROM nodes WHERE parent = ? AND key IN ({})",
-                                                      plan.ham_keys.to_pylist() + [AXES_KEY], ds_id)}
-    axes_container = existing.pop(AXES_KEY, None)
+_BULK_TABLES = ("nodes", "nodes_closure", "data_sources", "data_source_asset_association")
 
-    ham_keys = plan.ham_keys
-    existing_keys = pa.array(list(existing), pa.string())
-    present = np.asarray(pc.is_in(ham_keys, value_set=existing_keys).to_numpy(zero_copy_only=False), dtype=bool)
-    result.existing_hamiltonians = int(present.sum())
 
-    if prune:
-        keep = set(ham_keys.to_pylist())
-        stale = [i for k, i in existing.items() if k not in keep]
-        if stale:
-            say(f"pruning {len(stale)} Hamiltonians no longer in the manifest")
-            delete_node_ids(db, stale)
-        result.pruned = len(stale)
+class _Writer:
+    """The second pass, inside the caller's transaction."""
 
-    ham_ids = np.full(len(ham_keys), -1, dtype=np.int64)
-    if present.any():
-        pos = pc.index_in(ham_keys, value_set=existing_keys).to_numpy(zero_copy_only=False)
-        existing_ids = np.fromiter(existing.values(), dtype=np.int64, count=len(existing))
-        ham_ids[present] = existing_ids[np.asarray(pos[present], dtype=np.int64)]
-        if update:
-            result.updated = _update_metadata(db, ham_ids[present], plan.ham_metadata.filter(pa.array(present)))
+    def __init__(self, db: Database, survey: Survey, result: IngestResult, *, update: bool, prune: bool,
+                 move_root: bool, say: Progress, batch_rows: int):
+        self.db, self.s, self.result = db, survey, result
+        self.update, self.prune, self.move_root = update, prune, move_root
+        self.say, self.batch_rows = say, batch_rows
+        self.ham_ids = np.zeros(survey.n_ham, dtype=np.int64)
+        self.ham_new = np.zeros(survey.n_ham, dtype=bool)
 
-    # ---- allocate ids for everything new
-    next_node = _next_id(db, "nodes")
-    level2_start = next_node
-    new_containers: list[tuple[int, int, str, str]] = []  # (id, parent, key, metadata)
-    new_ham = np.flatnonzero(~present)
-    ham_ids[new_ham] = np.arange(next_node, next_node + len(new_ham))
-    next_node += len(new_ham)
-    if axes and axes_container is None:
-        # After the Hamiltonians: listings go by id, so `values().first()` is a Hamiltonian.
-        axes_container = next_node
-        new_containers.append((axes_container, ds_id, AXES_KEY, "{}"))
-        next_node += 1
-    level3_start = next_node
+    # ---- the dataset node: whose it is, where its data lives
 
-    art_parent_ids = ham_ids[plan.art_parent]
-    art_new = _new_artifacts(db, plan, art_parent_ids, present)
-    n_art = int(art_new.sum())
-    art_ids = np.arange(next_node, next_node + n_art)
-    next_node += n_art
-    axis_rows = _new_axes(db, axes, axes_container, existing_container=not new_containers)
-    axis_ids = np.arange(next_node, next_node + len(axis_rows))
-    next_node += len(axis_rows)
-    result.phases["plan"] = time.perf_counter() - t
+    def _dataset_node(self) -> tuple[int, dict[str, Any] | None]:
+        db, key = self.db, self.s.key
+        row = db.fetch("SELECT id, metadata FROM nodes WHERE parent = 0 AND key = ?", key)
+        if not row:
+            node_id = _next_id(db, "nodes")
+            db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) "
+                       "VALUES (?, 0, ?, 'container', '{}', '[]')", node_id, key)
+            return node_id, None
+        node_id, md = int(row[0][0]), _md(row[0][1])
+        reg = params.registration_by_id(db, node_id)
+        if reg is None:
+            raise SweepcatError(
+                f"a top-level node {key!r} already exists, and sweepcat did not create it (metadata keys: "
+                f"{', '.join(sorted(md)[:8]) or 'none'}); sweepcat never writes into nodes it does not own",
+                "ingest under another key (--label NEW); if sweepcat's own `register --stock` made it, adopt it "
+                f"first with `sweepcat reindex {key} --catalog ...`")
+        if reg.root is not None and reg.root != self.s.root and not self.move_root:
+            raise SweepcatError(
+                f"dataset {key!r} was ingested from {reg.root}; these manifests say its data lives in {self.s.root}",
+                "a dataset's data root changes only on request: pass --move-root (every file is checked in the new "
+                "root, as for a new dataset), or ingest under another key (--label NEW)")
+        return node_id, md
 
-    # ---- bulk insert with per-row triggers replaced by set-wise statements
-    t = time.perf_counter()
-    triggers: list[tuple[str, str]] = []
-    indexes: list[tuple[str, str]] = []
-    if may_disable_triggers:
+    def _axes_root(self) -> int:
+        """The top-level container of shared axes, created by sweepcat (and recorded as its own)."""
+        db = self.db
+        row = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", AXES_KEY)
+        recorded = params.meta_get(db, "axes_node")
+        if row and recorded != str(row[0][0]):
+            raise SweepcatError(f"a top-level node {AXES_KEY!r} exists that sweepcat did not create; the name is "
+                                "reserved for the datasets' shared axes", f"rename or delete that {AXES_KEY!r} node")
+        if row:
+            return int(row[0][0])
+        node_id = _next_id(db, "nodes")
+        db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) "
+                   "VALUES (?, 0, ?, 'container', ?, '[]')", node_id, AXES_KEY,
+                   compact_json({"sweepcat": {"kind": "shared axes"}}))
+        params.meta_set(db, "axes_node", str(node_id))
+        return node_id
+
+    # ---- the run
+
+    def run(self) -> None:
+        db, s, result = self.db, self.s, self.result
+        t = time.perf_counter()
+        check_triggers(db)
+        replica = self._lock()
+        self.ds_id, self.old_md = self._dataset_node()
+        self.ds_existed = self.old_md is not None
+        self.ds_ancestors = db.fetch("SELECT ancestor, depth FROM nodes_closure WHERE descendant = ? "
+                                     "ORDER BY ancestor", self.ds_id)
+        if not self.ds_ancestors:  # a dataset node made just now: Tiled's closure trigger wrote its rows
+            raise SweepcatError(f"dataset node {s.key!r} has no closure rows", "the catalog is damaged: run "
+                                "`sweepcat delete` on it, or restore the catalog")
+        self.columns = params.ensure_tables(db, self.ds_id, s.key, s.kinds)
+        params.record_root(db, self.ds_id, s.root)
+        legacy_axes = db.fetch("SELECT id FROM nodes WHERE parent = ? AND key = ?", self.ds_id, AXES_KEY) \
+            if self.ds_existed else []
+        # Deletes first, while every trigger and foreign key acts (PostgreSQL's replica role would also
+        # switch off the ON DELETE CASCADE that removes what lies below a node).
+        if legacy_axes:  # axes lived inside the dataset before: they move to /_axes/<DATASET>
+            delete_node_ids(db, [int(legacy_axes[0][0])])
+        if self.prune:
+            self._prune()
+        restore_ours = params.suspend_triggers(db)
+        restore_tiled, indexes = self._suspend_tiled_triggers(replica)
+        self.node_lo = self.next_node = _next_id(db, "nodes")
+        self.ds_next = _next_id(db, "data_sources")
+        result.phases["plan"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        offset = 0
+        for batch in s.manifests.ham_batches(self.batch_rows):
+            self._hamiltonians(batch, offset)
+            offset += batch.num_rows
+            self.say("hamiltonians", offset, s.n_ham)
+        self.level3_lo = self.next_node
+        result.phases["hamiltonians"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        db.executemany("INSERT INTO structures (id, structure) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                       [(p.structure_id, compact_json(p.structure)) for p in s.types.values()])
+        done = 0
+        for batch in s.manifests.art_batches(self.batch_rows):
+            self._artifacts(batch)
+            done += batch.num_rows
+            self.say("artifacts", done, s.n_art)
+        result.phases["artifacts"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self.say("indexing", 0, 1)
+        last = self.next_node - 1
+        if replica:
+            self._derived_rows(last)
+        params.ensure_indexes(db, self.ds_id, self.columns)
+        for sql in indexes:
+            db.execute(sql)
+        if replica and db.dialect == "postgresql":
+            self._check_set_wise(last)
+        restore_tiled()
+        restore_ours()
+        self._axes()
+        if db.dialect == "postgresql":
+            for table in ("nodes", "data_sources", "assets"):
+                db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                           f"(SELECT COALESCE(MAX(id), 1) FROM {table}))")
+        params.bump(db, self.ds_id)
+        self._finish()
+        result.phases["indexing"] = time.perf_counter() - t
+
+    def _lock(self) -> bool:
+        """Serialise writers; True when Tiled's per-row triggers may be replaced for this transaction."""
+        db = self.db
         if db.dialect == "sqlite":
-            triggers = _sqlite_insert_triggers(db)
-            for name, _sql in triggers:
-                db.execute(f'DROP TRIGGER "{name}"')
-            # Bulk load: an index built after the rows are in is sorted once and packed; one
-            # maintained row by row is slower and half empty. Worth it when the load is large.
-            if next_node - level2_start >= level2_start // 2:
-                indexes = _sqlite_secondary_indexes(db)
-                for name, _sql in indexes:
-                    db.execute(f'DROP INDEX "{name}"')
-        else:
+            return True  # BEGIN IMMEDIATE already holds the write lock
+        # EXCLUSIVE lets the server keep reading while no one else writes (ids below come from max(id)).
+        db.execute("LOCK TABLE nodes, data_sources, assets, structures, data_source_asset_association "
+                   "IN EXCLUSIVE MODE")
+        return bool(db.fetch("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0])
+
+    def _suspend_tiled_triggers(self, replica: bool) -> tuple[Callable[[], None], list[str]]:
+        """Tiled's row-deriving insert triggers stand down; returns (restore, index definitions to rebuild)."""
+        db = self.db
+        if db.dialect == "postgresql":
+            if not replica:
+                return (lambda: None), []
             db.execute("SET LOCAL session_replication_role = replica")
-    if db.dialect == "postgresql":
-        # Tiled's GIN indexes on metadata flush their pending list every 4 MB by default;
-        # for a bulk load, fewer and larger flushes with room to sort are much cheaper.
-        db.execute("SET LOCAL work_mem = '256MB'")
-        db.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        db.execute("SET LOCAL gin_pending_list_limit = '256MB'")
+            # Tiled's GIN indexes on metadata flush their pending list every 4 MB by default;
+            # for a bulk load, fewer and larger flushes with room to sort are much cheaper.
+            db.execute("SET LOCAL work_mem = '256MB'")
+            db.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            db.execute("SET LOCAL gin_pending_list_limit = '256MB'")
+            return (lambda: db.execute("SET LOCAL session_replication_role = origin")), []
+        replaced = [(n, sql) for n, sql in db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+                    if n in REPLACED_TRIGGERS["sqlite"]]
+        for name, _ in replaced:
+            db.execute(f'DROP TRIGGER "{name}"')
+        indexes: list[str] = []
+        # An index built after the rows are in is sorted once and packed; one maintained row by row is
+        # slower and half empty. Worth it when the load is large next to what is there.
+        existing = int(db.fetch("SELECT COALESCE(MAX(id), 0) FROM nodes")[0][0])
+        if self.s.n_ham + self.s.n_art >= existing // 2:
+            rows = db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND "
+                            f"tbl_name IN ({','.join('?' * len(_BULK_TABLES))})", *_BULK_TABLES)
+            for name, sql in rows:
+                if "UNIQUE" not in sql.upper():
+                    db.execute(f'DROP INDEX "{name}"')
+                    indexes.append(sql)
 
-    say(f"writing {len(new_ham)} Hamiltonians and {n_art} artifacts")
-    node_cols = ("id", "parent", "key", "structure_family", "metadata", "specs")
-    if new_containers:
-        db.copy("nodes", node_cols, [(i, p, k, "container", m, "[]") for i, p, k, m in new_containers])
-    if len(new_ham):
-        sel = pa.array(new_ham)
-        db.copy("nodes", ("id", "key", "metadata"), list(zip(
-            ham_ids[new_ham].tolist(), ham_keys.take(sel).to_pylist(), plan.ham_metadata.take(sel).to_pylist())),
-            constants={"parent": ds_id, "structure_family": "container", "specs": "[]"})
-    art_sel = pa.array(np.flatnonzero(art_new))
-    if n_art:
-        db.copy("nodes", ("id", "parent", "key", "metadata"), list(zip(
-            art_ids.tolist(), art_parent_ids[art_new].tolist(), plan.art_type.take(art_sel).to_pylist(),
-            plan.art_metadata.take(art_sel).to_pylist())), constants={"structure_family": "array", "specs": "[]"})
-    if axis_rows:
-        db.copy("nodes", node_cols, [(int(i), axes_container, a.name, "array", "{}", "[]")
-                                     for i, a in zip(axis_ids, axis_rows)])
-    result.phases["nodes"] = time.perf_counter() - t
+        def restore() -> None:
+            for _, sql in replaced:
+                db.execute(sql)
+        return restore, indexes
 
-    t = time.perf_counter()
-    _data_sources(db, plan, art_ids, art_sel, axis_ids, axis_rows)
-    result.phases["data_sources"] = time.perf_counter() - t
+    def _prune(self) -> None:
+        rows = self.db.fetch("SELECT key, id FROM nodes WHERE parent = ?", self.ds_id)
+        if not rows:
+            return
+        keys = pa.array([k for k, _ in rows], pa.string())
+        known = np.isin(hash64(keys), self.s.key_hashes)
+        stale = [int(i) for (_, i), k in zip(rows, known) if not k]
+        if stale:
+            self.say("hamiltonians", 0, self.s.n_ham)
+            delete_node_ids(self.db, stale)
+        self.result.pruned = len(stale)
 
-    t = time.perf_counter()
-    if may_disable_triggers:
-        # Exactly the rows Tiled's trigger writes: (self, self, 0), and for every ancestor A of
-        # the parent at depth d, (A, node, d + 1). New nodes sit at two levels below the dataset
-        # node, whose own ancestors are known, so each row set is a plain range scan.
-        last = next_node - 1
-        for lo, hi, below_ds in ((level2_start, level3_start - 1, 1), (level3_start, last, 2)):
+    # ---- Hamiltonians
+
+    def _hamiltonians(self, batch: pa.Table, offset: int) -> None:
+        db, n = self.db, batch.num_rows
+        keys = batch.column("key")
+        ids = np.zeros(n, dtype=np.int64)
+        present = np.zeros(n, dtype=bool)
+        if self.ds_existed and n:
+            found = dict(db.fetch_in("SELECT key, id FROM nodes WHERE parent = ? AND key IN ({})", keys.to_pylist(),
+                                     self.ds_id))
+            if found:
+                at = pc.index_in(keys, value_set=pa.array(list(found), pa.string()))
+                present = _mask_valid(at)
+                found_ids = np.fromiter(found.values(), dtype=np.int64, count=len(found))
+                ids[present] = found_ids[np.asarray(pc.drop_null(at).to_numpy(), dtype=np.int64)]
+        new = np.flatnonzero(~present)
+        ids[new] = np.arange(self.next_node, self.next_node + len(new))
+        self.next_node += len(new)
+        self.ham_ids[offset:offset + n] = ids
+        self.ham_new[offset:offset + n] = ~present
+        if len(new):
+            part = batch.take(pa.array(new))
+            db.copy("nodes", ("id", "key", "metadata"),
+                    list(zip(ids[new].tolist(), part.column("key").to_pylist(), hamiltonian_metadata(part).to_pylist())),
+                    constants={"parent": self.ds_id, "structure_family": "container", "specs": "[]"})
+            params.write_rows(db, self.ds_id, ids[new], part, self.columns)
+        if present.any():
+            self.result.existing_hamiltonians += int(present.sum())
+            if self.update:
+                old = np.flatnonzero(present)
+                part = batch.take(pa.array(old))
+                self.result.updated += self._update_metadata(ids[old], hamiltonian_metadata(part))
+                params.write_rows(db, self.ds_id, ids[old], part, self.columns, upsert=True)
+        self.result.added_hamiltonians += len(new)
+
+    def _update_metadata(self, ids: np.ndarray, metadata: pa.Array) -> int:
+        current = {int(i): _md(m) for i, m in self.db.fetch_in("SELECT id, metadata FROM nodes WHERE id IN ({})",
+                                                               ids.tolist())}
+        changed = [(m, int(i)) for i, m in zip(ids.tolist(), metadata.to_pylist()) if current.get(int(i)) != json.loads(m)]
+        if changed:
+            self.db.executemany("UPDATE nodes SET metadata = ?, time_updated = CURRENT_TIMESTAMP WHERE id = ?", changed)
+        return len(changed)
+
+    # ---- artifacts
+
+    def _artifacts(self, batch: pa.Table) -> None:
+        db, s = self.db, self.s
+        rows = s.ham_rows_of(batch.column("huid"))
+        parents = self.ham_ids[rows]
+        new = self.ham_new[rows].copy()
+        if (~new).any():  # artifacts of Hamiltonians already in: only the types they lack
+            old_parents = np.unique(parents[~new]).tolist()
+            have = pa.array([f"{p}/{k}" for p, k in db.fetch_in("SELECT parent, key FROM nodes WHERE parent IN ({})",
+                                                                old_parents)], pa.string())
+            mine = pc.binary_join_element_wise(pc.cast(pa.array(parents), pa.string()), batch.column("type"), "/")
+            new |= ~np.asarray(pc.is_in(mine, value_set=have).to_numpy(zero_copy_only=False), dtype=bool)
+        sel = np.flatnonzero(new)
+        if not len(sel):
+            return
+        part = batch.take(pa.array(sel))
+        n = len(sel)
+        art_ids = np.arange(self.next_node, self.next_node + n)
+        self.next_node += n
+        types = part.column("type")
+        db.copy("nodes", ("id", "parent", "key", "metadata"),
+                list(zip(art_ids.tolist(), parents[sel].tolist(), types.to_pylist(), artifact_metadata(part).to_pylist())),
+                constants={"structure_family": "array", "specs": "[]"})
+        names = list(s.types)
+        sid_of = pa.array([s.types[t].structure_id for t in names], pa.string())
+        structure_ids = pc.take(sid_of, pc.index_in(types, value_set=pa.array(names, pa.string())))
+        files = part.column("file")
+        unique_files = pc.unique(files)
+        root = s.root.rstrip("/")
+        asset_of = self._asset_ids([asset_uri(f"{root}/{f}") for f in unique_files.to_pylist()])
+        asset_ids = pc.take(pa.array(asset_of, pa.int64()), pc.index_in(files, value_set=unique_files))
+        ds_ids = np.arange(self.ds_next, self.ds_next + n)
+        self.ds_next += n
+        db.copy("data_sources", ("id", "node_id", "structure_id", "parameters"),
+                list(zip(ds_ids.tolist(), art_ids.tolist(), structure_ids.to_pylist(),
+                         data_source_parameters(part).to_pylist())),
+                constants={"mimetype": MIMETYPE, "properties": "{}", "management": "external",
+                           "structure_family": "array"})
+        db.copy("data_source_asset_association", ("data_source_id", "asset_id"),
+                list(zip(ds_ids.tolist(), asset_ids.to_pylist())), constants={"parameter": "data_uri", "num": None})
+        self.result.added_artifacts += n
+
+    def _asset_ids(self, uris: list[str]) -> list[int]:
+        """Asset ids of ``uris`` (in order), inserting the ones the catalog does not have yet."""
+        db = self.db
+        found = {u: int(i) for i, u in db.fetch_in("SELECT id, data_uri FROM assets WHERE data_uri IN ({})", uris)}
+        missing = sorted({u for u in uris if u not in found})
+        if missing:
+            start = _next_id(db, "assets")
+            rows = [(start + k, u, False) for k, u in enumerate(missing)]
+            db.copy("assets", ("id", "data_uri", "is_directory"), rows)
+            found.update({u: i for i, u, _ in rows})
+        return [found[u] for u in uris]
+
+    # ---- what Tiled's row triggers derive, set-wise
+
+    def _derived_rows(self, last: int) -> None:
+        """Exactly the rows Tiled's closure trigger writes: (self, self, 0), and for every ancestor A of the
+        parent at depth d, (A, node, d + 1); and the SQLite full-text rows. New nodes sit one or two
+        levels below the dataset node, whose ancestors are known, so each set is a plain range scan."""
+        db = self.db
+        for lo, hi, below in ((self.node_lo, self.level3_lo - 1, 1), (self.level3_lo, last, 2)):
             if hi < lo:
                 continue
-            for ancestor, depth in ds_ancestors:
+            for ancestor, depth in self.ds_ancestors:
                 db.execute("INSERT INTO nodes_closure (ancestor, descendant, depth) "
-                           "SELECT ?, id, ? FROM nodes WHERE id BETWEEN ? AND ?", ancestor, depth + below_ds, lo, hi)
-            if below_ds == 2:
+                           "SELECT ?, id, ? FROM nodes WHERE id BETWEEN ? AND ?", ancestor, depth + below, lo, hi)
+            if below == 2:
                 db.execute("INSERT INTO nodes_closure (ancestor, descendant, depth) "
                            "SELECT parent, id, 1 FROM nodes WHERE id BETWEEN ? AND ? ORDER BY parent, id", lo, hi)
             db.execute("INSERT INTO nodes_closure (ancestor, descendant, depth) "
                        "SELECT id, id, 0 FROM nodes WHERE id BETWEEN ? AND ?", lo, hi)
-        if db.dialect == "sqlite":
-            if last >= level2_start:
-                db.execute("INSERT INTO metadata_fts5 (rowid, metadata) SELECT id, metadata FROM nodes "
-                           "WHERE id BETWEEN ? AND ?", level2_start, last)
-            for _name, sql in triggers + indexes:
-                db.execute(sql)
+        if db.dialect == "sqlite" and last >= self.node_lo:
+            db.execute("INSERT INTO metadata_fts5 (rowid, metadata) SELECT id, metadata FROM nodes "
+                       "WHERE id BETWEEN ? AND ?", self.node_lo, last)
+
+    def _check_set_wise(self, last: int) -> None:
+        """PostgreSQL's replica role skipped every foreign key and trigger: run their checks on the new rows."""
+        db = self.db
+        checks = {
+            "a node's parent is missing": ("SELECT n.id FROM nodes n LEFT JOIN nodes p ON p.id = n.parent "
+                                           "WHERE n.id BETWEEN ? AND ? AND p.id IS NULL LIMIT 1", self.node_lo, last),
+            "a data source's node or structure is missing": (
+                "SELECT d.id FROM data_sources d LEFT JOIN nodes n ON n.id = d.node_id LEFT JOIN structures s "
+                "ON s.id = d.structure_id WHERE d.node_id BETWEEN ? AND ? AND (n.id IS NULL OR s.id IS NULL) LIMIT 1",
+                self.node_lo, last),
+            "an asset link's data source or asset is missing": (
+                "SELECT x.data_source_id FROM data_source_asset_association x JOIN data_sources d ON "
+                "d.id = x.data_source_id LEFT JOIN assets a ON a.id = x.asset_id WHERE d.node_id BETWEEN ? AND ? "
+                "AND a.id IS NULL LIMIT 1", self.node_lo, last),
+            "a data source has a NULL and a numbered asset for one parameter (Tiled's num rule)": (
+                "SELECT x.data_source_id FROM data_source_asset_association x JOIN data_sources d ON "
+                "d.id = x.data_source_id WHERE d.node_id BETWEEN ? AND ? GROUP BY x.data_source_id, x.parameter "
+                "HAVING count(*) > 1 AND bool_or(x.num IS NULL) LIMIT 1", self.node_lo, last),
+            "a parameter row's node is missing": (
+                f"SELECT p.node_id FROM {params.table_name(self.ds_id)} p LEFT JOIN nodes n ON n.id = p.node_id "
+                "WHERE n.id IS NULL LIMIT 1",),
+        }
+        for what, (sql, *args) in checks.items():
+            if db.fetch(sql, *args):
+                raise SweepcatError(f"ingest of {self.s.key!r} refused before commit: {what}",
+                                    "nothing was written; this is a bug in sweepcat, please report it")
+
+    # ---- shared axes and the dataset node
+
+    def _axes(self) -> None:
+        """/_axes/<DATASET>/<name>: few nodes, written with Tiled's triggers on."""
+        if not self.s.axes:
+            return
+        db = self.db
+        root = self._axes_root()
+        row = db.fetch("SELECT id FROM nodes WHERE parent = ? AND key = ?", root, self.s.key)
+        if row:
+            container = int(row[0][0])
+            have = {k for (k,) in db.fetch("SELECT key FROM nodes WHERE parent = ?", container)}
         else:
-            db.execute("SET LOCAL session_replication_role = origin")
-    if db.dialect == "postgresql":
-        for table in ("nodes", "data_sources", "assets"):
-            db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                       f"(SELECT COALESCE(MAX(id), 1) FROM {table}))")
-    result.phases["closure_fts"] = time.perf_counter() - t
+            container = _next_id(db, "nodes")
+            db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) "
+                       "VALUES (?, ?, ?, 'container', '{}', '[]')", container, root, self.s.key)
+            have = set()
+        for axis in self.s.axes:
+            if axis.name in have:
+                continue
+            sid, structure = structure_for(axis.shape, axis.dtype, None)
+            db.execute("INSERT INTO structures (id, structure) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", sid,
+                       compact_json(structure))
+            node = _next_id(db, "nodes")
+            db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) "
+                       "VALUES (?, ?, ?, 'array', '{}', '[]')", node, container, axis.name)
+            ds = _next_id(db, "data_sources")
+            db.execute("INSERT INTO data_sources (id, node_id, structure_id, mimetype, parameters, properties, "
+                       "management, structure_family) VALUES (?, ?, ?, ?, ?, '{}', 'external', 'array')", ds, node,
+                       sid, MIMETYPE, compact_json({"dataset": axis.dataset}))
+            (asset,) = self._asset_ids([asset_uri(f"{self.s.root.rstrip('/')}/{axis.file}")])
+            db.execute("INSERT INTO data_source_asset_association (data_source_id, asset_id, parameter, num) "
+                       "VALUES (?, ?, 'data_uri', NULL)", ds, asset)
 
-    t = time.perf_counter()
-    columns = params.ensure_tables(db, ds_id, plan.dataset_key, params.searchable_columns(plan.ham, db.dialect))
-    params.record_root(db, ds_id, plan.root)
-    params.write_rows(db, ds_id, ham_ids[new_ham], plan.ham.take(pa.array(new_ham)), columns)
-    if update and present.any():
-        where = np.flatnonzero(present)
-        params.write_rows(db, ds_id, ham_ids[where], plan.ham.take(pa.array(where)), columns, upsert=True)
-    params.ensure_indexes(db, ds_id, columns)
-    if len(new_ham) or n_art or result.updated or result.pruned or not old_md:
-        params.bump(db, ds_id)
-    result.phases["parameters"] = time.perf_counter() - t
-
-    result.added_hamiltonians = len(new_ham)
-    result.added_artifacts = n_art
-    _finish_dataset(db, plan, ds_id, old_md, prune)
-
-
-def _update_metadata(db: Database, ids: np.ndarray, metadata: pa.Array) -> int:
-    current = {int(i): (json.loads(m) if isinstance(m, str) else m)
-               for i, m in db.fetch_in("SELECT id, metadata FROM nodes WHERE id IN ({})", ids.tolist())}
-    changed = [(m, int(i)) for i, m in zip(ids.tolist(), metadata.to_pylist()) if current.get(int(i)) != json.loads(m)]
-    if changed:
-        db.executemany("UPDATE nodes SET metadata = ?, time_updated = CURRENT_TIMESTAMP WHERE id = ?", changed)
-    return len(changed)
-
-
-def _new_artifacts(db: Database, plan: IngestPlan, parent_ids: np.ndarray,
-                   ham_present: np.ndarray) -> np.ndarray:
-    """Mask of artifact rows not yet in the catalog (new Hamiltonian, or a type it lacks)."""
-    n = len(plan.art_type)
-    new = np.ones(n, dtype=bool)
-    under_existing = ham_present[plan.art_parent]
-    if not under_existing.any():
-        return new
-    parents = np.unique(parent_ids[under_existing]).tolist()
-    rows = db.fetch_in("SELECT parent, key FROM nodes WHERE parent IN ({})", parents)
-    have = pa.array([f"{p}/{k}" for p, k in rows], pa.string())
-    mine = pc.binary_join_element_wise(pc.cast(pa.array(parent_ids), pa.string()), plan.art_type, "/")
-    found = np.asarray(pc.is_in(mine, value_set=have).to_numpy(zero_copy_only=False), dtype=bool)
-    return ~found
-
-
-def _new_axes(db: Database, axes: list[AxisInfo], container: int | None, existing_container: bool) -> list[AxisInfo]:
-    if not axes or container is None:
-        return []
-    have = set()
-    if existing_container:
-        have = {k for (k,) in db.fetch("SELECT key FROM nodes WHERE parent = ?", container)}
-    return [a for a in axes if a.name not in have]
-
-
-def _asset_ids(db: Database, uris: list[str]) -> dict[str, int]:
-    found = {u: int(i) for i, u in db.fetch_in("SELECT id, data_uri FROM assets WHERE data_uri IN ({})", uris)}
-    missing = [u for u in uris if u not in found]
-    if missing:
-        start = _next_id(db, "assets")
-        rows = [(start + k, u, False) for k, u in enumerate(missing)]
-        db.copy("assets", ("id", "data_uri", "is_directory"), rows)
-        found.update({u: i for i, u, _ in rows})
-    return found
-
-
-def _data_sources(db: Database, plan: IngestPlan, art_ids: np.ndarray, art_sel: pa.Array,
-                  axis_ids: np.ndarray, axis_rows: list[AxisInfo]) -> None:
-    n_art = len(art_ids)
-    axis_structs = {a.name: structure_for(a.shape, a.dtype, None) for a in axis_rows}
-    structures = {t.structure_id: t.structure for t in plan.types.values()}
-    structures.update({sid: s for sid, s in axis_structs.values()})
-    if not n_art and not axis_rows:
-        return
-    conflict = "ON CONFLICT (id) DO NOTHING"
-    db.executemany(f"INSERT INTO structures (id, structure) VALUES (?, ?) {conflict}",
-                   [(sid, compact_json(s)) for sid, s in structures.items()])
-
-    files = plan.art_file.take(art_sel) if n_art else pa.array([], pa.string())
-    unique_files = pc.unique(files).to_pylist() + [a.file for a in axis_rows]
-    root = plan.root.rstrip("/")
-    uri_of = {f: asset_uri(f"{root}/{f}") for f in unique_files}
-    asset_of = _asset_ids(db, sorted(set(uri_of.values())))
-    file_asset = pa.array([asset_of[uri_of[f]] for f in pc.unique(files).to_pylist()], pa.int64())
-    asset_ids = pc.take(file_asset, pc.index_in(files, value_set=pc.unique(files))) if n_art else pa.array([], pa.int64())
-
-    types = plan.art_type.take(art_sel) if n_art else pa.array([], pa.string())
-    type_names = list(plan.types)
-    sid_by_type = pa.array([plan.types[t].structure_id for t in type_names], pa.string())
-    structure_ids = pc.take(sid_by_type, pc.index_in(types, value_set=pa.array(type_names, pa.string())))
-
-    ds_start = _next_id(db, "data_sources")
-    ds_ids = np.arange(ds_start, ds_start + n_art)
-    ds_cols = ("id", "node_id", "structure_id", "mimetype", "parameters", "properties", "management",
-               "structure_family")
-    if n_art:
-        db.copy("data_sources", ("id", "node_id", "structure_id", "parameters"), list(zip(
-            ds_ids.tolist(), art_ids.tolist(), structure_ids.to_pylist(), plan.art_parameters.take(art_sel).to_pylist())),
-            constants={"mimetype": MIMETYPE, "properties": "{}", "management": "external", "structure_family": "array"})
-        db.copy("data_source_asset_association", ("data_source_id", "asset_id"),
-                list(zip(ds_ids.tolist(), asset_ids.to_pylist())), constants={"parameter": "data_uri", "num": None})
-    if axis_rows:
-        ax_start = ds_start + n_art
-        db.copy("data_sources", ds_cols, [
-            (ax_start + k, int(node), axis_structs[a.name][0], MIMETYPE, compact_json({"dataset": a.dataset}), "{}",
-             "external", "array") for k, (node, a) in enumerate(zip(axis_ids, axis_rows))])
-        db.copy("data_source_asset_association", ("data_source_id", "asset_id", "parameter", "num"),
-                [(ax_start + k, asset_of[uri_of[a.file]], "data_uri", None) for k, a in enumerate(axis_rows)])
-
-
-def _finish_dataset(db: Database, plan: IngestPlan, ds_id: int, old_md: dict[str, Any] | None, prune: bool) -> None:
-    """Dataset metadata: parameter ranges (merged unless pruning), artifact types, provenance, counts."""
-    md = json.loads(compact_json(plan.dataset_metadata))
-    sc = md["sweepcat"]
-    if not prune:
-        sc["parameters"] = _merge_parameter_ranges(sc["parameters"], old_md)
-    n_ham = db.fetch("SELECT COUNT(*) FROM nodes WHERE parent = ? AND key != ?", ds_id, AXES_KEY)[0][0]
-    n_art = db.fetch("SELECT COUNT(*) FROM nodes n JOIN nodes p ON n.parent = p.id "
-                     "WHERE p.parent = ? AND p.key != ?", ds_id, AXES_KEY)[0][0]
-    sc["provenance"]["catalog_counts"] = {"hamiltonians": int(n_ham), "artifacts": int(n_art)}
-    if old_md is not None:
-        if old_md.get("sweepcat", {}).get("artifacts"):
-            sc["artifacts"] = {**old_md["sweepcat"]["artifacts"], **sc["artifacts"]}
-        db.execute("UPDATE nodes SET metadata = ?, time_updated = CURRENT_TIMESTAMP WHERE id = ?",
-                   compact_json(md), ds_id)
-    else:
-        db.execute("UPDATE nodes SET metadata = ? WHERE id = ?", compact_json(md), ds_id)
+    def _finish(self) -> None:
+        """Dataset metadata: parameter ranges (merged unless pruning), artifact types, provenance, counts."""
+        s, old = self.s, self.old_md
+        parameters = dict(s.parameters)
+        types = dict(s.types)
+        if old and not self.prune:
+            for name, entry in ((old.get("sweepcat") or {}).get("parameters") or {}).items():
+                new = parameters.get(name)
+                if new is None:
+                    parameters[name] = entry
+                elif entry.get("min") is not None and new.get("min") is not None:
+                    parameters[name] = {**new, "min": min(entry["min"], new["min"]),
+                                        "max": max(entry["max"], new["max"])}
+        md = dataset_metadata(s.manifests.description, types, parameters, provenance(s.manifests, s.n_ham, s.n_art))
+        if old and (old.get("sweepcat") or {}).get("artifacts"):
+            md["sweepcat"]["artifacts"] = {**old["sweepcat"]["artifacts"], **md["sweepcat"]["artifacts"]}
+        md["sweepcat"]["provenance"]["catalog_counts"] = count_children(self.db, self.ds_id)
+        touched = ", time_updated = CURRENT_TIMESTAMP" if old is not None else ""
+        self.db.execute(f"UPDATE nodes SET metadata = ?{touched} WHERE id = ?", compact_json(md), self.ds_id)

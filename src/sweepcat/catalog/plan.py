@@ -1,9 +1,9 @@
-"""Manifests -> the rows Tiled's catalog holds, built column-wise (no per-row Python).
+"""Manifest batches -> the rows Tiled's catalog holds, built column-wise (no per-row Python).
 
-The rows match what Tiled's HTTP API writes for the same nodes: compact JSON
-metadata, ``[]`` specs, one data source per array with ``{}`` properties, a
-structure row keyed by the md5 of its canonical JSON, and ``file://localhost``
-asset URIs.
+The rows are exactly what Tiled's HTTP API writes for the same nodes: metadata as orjson writes it
+(Tiled's serializer: floats in orjson's shortest form, strings escaped as RFC 8259 requires, UTF-8
+kept), ``[]`` specs, one data source per array with ``{}`` properties, a structure row keyed by the
+md5 of its canonical JSON, and asset URIs from ``contract.asset_uri``.
 """
 
 from __future__ import annotations
@@ -11,24 +11,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import ART_STANDARD, HAM_REQUIRED, Manifests, file_sha256, shape_text
+from ..contract import ART_STANDARD, HAM_REQUIRED, DatasetDescription, Manifests, file_sha256, shape_text
 from .schema import MIMETYPE
 
-AXES_KEY = "_axes"  # child container of a dataset holding its shared axes
+AXES_KEY = "_axes"  # top-level container of every dataset's shared axes: /_axes/<DATASET>/<name>
 
 
 def compact_json(value: Any) -> str:
-    """JSON as Tiled's server writes it (orjson: no spaces)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
+    """JSON exactly as Tiled's server writes it (orjson)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def structure_for(shape: list[int], dtype: str, dims: list[str] | None) -> tuple[str, dict[str, Any]]:
@@ -52,28 +51,39 @@ def _enum_value(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------- vectorised JSON
 
+_ESCAPES = {chr(c): json.dumps(chr(c))[1:-1] for c in range(32)}  # \u0000 ... \n \t ..., as orjson writes them
+
 
 def _json_string(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     escaped = pc.replace_substring(values, "\\", "\\\\")
     escaped = pc.replace_substring(escaped, '"', '\\"')
-    escaped = pc.replace_substring_regex(escaped, "[\\x00-\\x1f]", " ")
+    if pc.any(pc.match_substring_regex(escaped, "[\\x00-\\x1f]")).as_py():
+        for char, escape in _ESCAPES.items():
+            escaped = pc.replace_substring(escaped, char, escape)
     return pc.binary_join_element_wise('"', escaped, '"', "")
 
 
-def json_values(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
-    """Each value as JSON text; null -> ``null``."""
+def _json_floats(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """orjson's text of each float (null -> null): one C call for the whole column, split by pyarrow."""
+    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN -> "null"
+    if not len(values):
+        return pa.array([], pa.string())
+    text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode()[1:-1]
+    return pc.split_pattern(pa.array([text], pa.large_string()), ",").flatten().cast(pa.string())
+
+
+def json_values(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Each value as JSON text, exactly as orjson writes it; null -> ``null``."""
     t = column.type
     if pa.types.is_floating(t):
-        text = pc.cast(pc.cast(column, pa.float64()), pa.string())
-        # Keep floats floats: 2.0 must not come back as the integer 2.
-        text = pc.if_else(pc.match_substring_regex(text, "[.eEn]"), text, pc.binary_join_element_wise(text, ".0", ""))
-    elif pa.types.is_integer(t):
+        return _json_floats(column)
+    if pa.types.is_integer(t):
         text = pc.cast(column, pa.string())
     elif pa.types.is_boolean(t):
         text = pc.if_else(column, "true", "false")
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         text = _json_string(column)
-    else:  # nested or exotic: per-row encoding, rare and small
+    else:  # nested: per-row encoding, rare and small
         text = pa.array([compact_json(v) for v in column.to_pylist()], pa.string())
     return pc.fill_null(text, "null")
 
@@ -94,7 +104,30 @@ def json_objects(table: pa.Table, columns: list[str]) -> pa.Array:
     return _flat(pc.binary_join_element_wise(*pieces, ""))
 
 
-# --------------------------------------------------------------------------- plan
+# --------------------------------------------------------------------------- rows of one batch
+
+
+def hamiltonian_metadata(ham: pa.Table) -> pa.Array:
+    """A Hamiltonian node's metadata: huid and every parameter, in manifest order."""
+    return json_objects(ham, ["huid"] + [c for c in ham.column_names if c not in HAM_REQUIRED])
+
+
+def artifact_metadata(art: pa.Table) -> pa.Array:
+    """An artifact node's metadata: the manifest's extra columns."""
+    return json_objects(art, [c for c in art.column_names if c not in ART_STANDARD])
+
+
+def data_source_parameters(art: pa.Table) -> pa.Array:
+    """``{"dataset": ..., "index": ...}`` per artifact (``index`` only for rows of batched datasets)."""
+    ds_part = pc.binary_join_element_wise('{"dataset":', _json_string(art.column("dataset")), "")
+    if "index" not in art.column_names or pa.types.is_null(art.schema.field("index").type):
+        return _flat(pc.binary_join_element_wise(ds_part, "}", ""))
+    idx = pc.cast(art.column("index"), pa.int64())
+    with_index = pc.binary_join_element_wise(ds_part, ',"index":', pc.cast(idx, pa.string()), "}", "")
+    return _flat(pc.if_else(pc.is_null(idx), pc.binary_join_element_wise(ds_part, "}", ""), with_index))
+
+
+# --------------------------------------------------------------------------- what a dataset holds
 
 
 @dataclass
@@ -110,114 +143,83 @@ class TypePlan:
     dataset: str
 
 
-@dataclass
-class IngestPlan:
-    dataset_key: str
-    dataset_metadata: dict[str, Any]
-    ham_keys: pa.Array  # in manifest order
-    ham_metadata: pa.Array  # JSON text per Hamiltonian
-    art_parent: np.ndarray  # position of each artifact's Hamiltonian in ham_keys
-    art_type: pa.Array
-    art_metadata: pa.Array
-    art_parameters: pa.Array  # data source parameters (JSON) per artifact
-    art_file: pa.Array  # relative path per artifact
-    types: dict[str, TypePlan]
-    axes: dict[str, dict[str, str]]  # shared axes: name -> {file, dataset}
-    root: str
-    ham: pa.Table  # the Hamiltonians manifest (parameters for the search table)
+def type_plan(name: str, dataset: str, shape: list[int], dtype: str, axes: list[str | None] | None) -> TypePlan:
+    dims = axes if axes and all(axes) and len(axes) == len(shape) else None
+    sid, structure = structure_for(shape, dtype, dims)
+    return TypePlan(name, sid, structure, shape, dtype, axes, dataset)
 
 
-def parameter_summary(ham: pa.Table) -> dict[str, dict[str, Any]]:
+def first_of_each_type(art: pa.Table) -> dict[str, dict[str, Any]]:
+    """The first row of each artifact type in a batch: its dataset, shape, dtype and axes."""
+    cols = {"type": art.column("type"), "dataset": art.column("dataset")}
+    for c in ("dtype",):
+        if c in art.column_names:
+            cols[c] = art.column(c)
+    if "shape" in art.column_names:
+        cols["shape_text"] = shape_text(art.column("shape"))
+    if "axes" in art.column_names and art.num_rows:
+        cols["axes_text"] = pc.binary_join(pc.fill_null(art.column("axes"), pa.scalar([], pa.list_(pa.string()))),
+                                           "\x1f")
+    table = pa.table(cols)
+    firsts = table.group_by("type", use_threads=False).aggregate(
+        [(c, "first") for c in table.column_names if c != "type"])
     out = {}
-    for name in ham.column_names:
-        if name in HAM_REQUIRED:
-            continue
-        col = ham.column(name)
-        entry: dict[str, Any] = {"dtype": str(col.type)}
-        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-            mm = pc.min_max(col).as_py()
-            entry.update(min=mm["min"], max=mm["max"])
-        out[name] = entry
+    for row in firsts.to_pylist():
+        shape_t = row.get("shape_text_first")
+        axes_t = row.get("axes_text_first")
+        out[row["type"]] = {
+            "dataset": row["dataset_first"],
+            "shape": [int(x) for x in shape_t.split(",") if x] if shape_t is not None else None,
+            "dtype": row.get("dtype_first"),
+            "axes": [a or None for a in axes_t.split("\x1f")] if axes_t else None,
+        }
     return out
 
 
-def _types(manifests: Manifests) -> dict[str, TypePlan]:
-    art = manifests.art
-    cols = ["type", "dataset"] + [c for c in ("dtype",) if c in art.column_names]
-    table = pa.table({c: art.column(c) for c in cols})
-    if "shape" in art.column_names:
-        table = table.append_column("shape_text", shape_text(art.column("shape")))
-    if "axes" in art.column_names:
-        table = table.append_column("axes_json", pa.array(
-            [None] * art.num_rows, pa.string()) if art.num_rows == 0 else
-            pc.binary_join(pc.fill_null(art.column("axes"), pa.scalar([], pa.list_(pa.string()))), "\x1f"))
-    firsts = table.group_by("type", use_threads=False).aggregate([(c, "first") for c in table.column_names if c != "type"])
-    types = {}
-    for row in firsts.to_pylist():
-        shape = [int(x) for x in row["shape_text_first"].split(",") if x] if row.get("shape_text_first") is not None else None
-        axes = None
-        if row.get("axes_json_first"):
-            axes = [a or None for a in row["axes_json_first"].split("\x1f")]
-        if shape is None or row.get("dtype_first") is None:
-            raise ValueError(f"artifact type {row['type']!r} has no shape/dtype in the manifest")
-        dims = axes if axes and all(axes) and len(axes) == len(shape) else None
-        sid, structure = structure_for(shape, row["dtype_first"], dims)
-        types[row["type"]] = TypePlan(row["type"], sid, structure, shape, row["dtype_first"], axes, row["dataset_first"])
-    return types
+@dataclass
+class ParameterSummary:
+    """Each parameter's Arrow type and range, accumulated over batches."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, ham: pa.Table) -> None:
+        for name in ham.column_names:
+            if name in HAM_REQUIRED:
+                continue
+            col = ham.column(name)
+            entry = self.entries.setdefault(name, {"dtype": str(col.type)})
+            if (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) and col.null_count < len(col):
+                mm = pc.min_max(col).as_py()
+                lo, hi = entry.get("min"), entry.get("max")
+                entry["min"] = mm["min"] if lo is None else min(lo, mm["min"])
+                entry["max"] = mm["max"] if hi is None else max(hi, mm["max"])
 
 
-def build_plan(manifests: Manifests) -> IngestPlan:
-    """Everything to write, computed before the database is touched."""
-    ham, art, d = manifests.ham, manifests.art, manifests.description
-    types = _types(manifests)
-    param_cols = ["huid"] + [c for c in ham.column_names if c not in HAM_REQUIRED]
-    extra_art_cols = [c for c in art.column_names if c not in ART_STANDARD]
-    positions = pc.index_in(art.column("huid"), value_set=ham.column("huid")).to_numpy(zero_copy_only=False)
-
-    ds_part = pc.binary_join_element_wise('{"dataset":', _json_string(art.column("dataset")), "")
-    if "index" in art.column_names:
-        idx = pc.cast(art.column("index"), pa.int64())
-        with_index = pc.binary_join_element_wise(ds_part, ',"index":', pc.cast(idx, pa.string()), "}", "")
-        parameters = pc.if_else(pc.is_null(idx), pc.binary_join_element_wise(ds_part, "}", ""), with_index)
-    else:
-        parameters = pc.binary_join_element_wise(ds_part, "}", "")
-
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    provenance = dict(d.provenance)
-    provenance.update({
-        "ingested": now,
-        "counts": {"hamiltonians": ham.num_rows, "artifacts": art.num_rows},
-    })
-    if manifests.ham_path is not None or "manifests" not in provenance:  # `register` sends its own
-        provenance["manifests"] = {
-            "hamiltonians": {"path": str(manifests.ham_path) if manifests.ham_path else None,
-                             "sha256": file_sha256(manifests.ham_path)},
-            "artifacts": {"path": str(manifests.art_path) if manifests.art_path else None,
-                          "sha256": file_sha256(manifests.art_path)},
+def provenance(m: Manifests, n_ham: int, n_art: int) -> dict[str, Any]:
+    d = m.description
+    out = dict(d.provenance)
+    out.update({"ingested": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "counts": {"hamiltonians": n_ham, "artifacts": n_art}})
+    if m.ham_path is not None or "manifests" not in out:  # `register` sends its own
+        out["manifests"] = {
+            "hamiltonians": {"path": str(m.ham_path) if m.ham_path else None, "sha256": file_sha256(m.ham_path)},
+            "artifacts": {"path": str(m.art_path) if m.art_path else None, "sha256": file_sha256(m.art_path)},
         }
+    return out
+
+
+def dataset_metadata(d: DatasetDescription, types: dict[str, TypePlan], parameters: dict[str, Any],
+                     prov: dict[str, Any]) -> dict[str, Any]:
+    """The dataset node's metadata: the description's own, and sweepcat's summary under ``sweepcat``."""
     sweepcat_md = {
         "kind": "dataset",
         "label": d.label,
         "root": d.root,
         "contract_version": d.contract_version,
-        "parameters": parameter_summary(ham),
+        "parameters": parameters,
         "artifacts": {t.name: {"dataset": t.dataset, "shape": t.shape, "dtype": t.dtype, "axes": t.axes,
                                "mimetype": MIMETYPE} for t in types.values()},
-        "shared_axes": {name: {**ax, "node": f"{AXES_KEY}/{name}"} for name, ax in d.shared_axes.items()},
-        "provenance": provenance,
+        "shared_axes": {name: {**ax, "node": f"{AXES_KEY}/{d.key}/{name}"} for name, ax in d.shared_axes.items()},
+        "provenance": prov,
     }
-    return IngestPlan(
-        dataset_key=d.key,
-        dataset_metadata={**d.metadata, "sweepcat": sweepcat_md},
-        ham_keys=_flat(ham.column("key")),
-        ham_metadata=json_objects(ham, param_cols),
-        art_parent=np.asarray(positions, dtype=np.int64),
-        art_type=_flat(art.column("type")),
-        art_metadata=json_objects(art, extra_art_cols),
-        art_parameters=_flat(parameters),
-        art_file=_flat(art.column("file")),
-        types=types,
-        axes=dict(d.shared_axes),
-        root=d.root,
-        ham=ham,
-    )
+    return {**d.metadata, "sweepcat": sweepcat_md}

@@ -13,8 +13,12 @@ import sqlite3
 from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SweepcatError
+
+if TYPE_CHECKING:  # db imports this module
+    from .db import Database
 
 TILED_VERSION = "0.2.20"
 REQUIRED_REVISION = "917dbbcfc4b1"  # alembic head of Tiled 0.2.20's catalog
@@ -180,3 +184,81 @@ def ensure_catalog(cat: CatalogURI, *, create: bool = True) -> bool:
                             "run `sweepcat ingest` first")
     _initialize(cat)
     return True
+
+
+# --------------------------------------------------------------------------- triggers
+
+# Tiled 0.2.20's triggers. sweepcat writes around exactly these, plus its own (named sweepcat_*); a
+# catalog with any other trigger, or without one of these, is refused before anything is written.
+TILED_TRIGGERS = {
+    "sqlite": frozenset({
+        "nodes_metadata_fts5_sync_ai", "nodes_metadata_fts5_sync_ad", "nodes_metadata_fts5_sync_au",
+        "update_closure_table_when_inserting", "node_access_tags_set_parent_after_insert",
+        "node_access_tags_set_parent_after_update", "node_access_tags_sync_parent_after_node_update",
+        "cannot_insert_num_null_if_num_exists", "cannot_insert_num_int_if_num_null_exists",
+        "entities_node_access_tags_update", "entity_access_tags_association_insert_reject_node_backed_entity",
+        "entity_access_tags_association_update_reject_node_backed_entity",
+    }),
+    "postgresql": frozenset({
+        "cannot_insert_num_int_if_num_null_exists", "cannot_insert_num_null_if_num_exists",
+        "entities_node_access_tags_check", "entity_access_tags_association_reject_node_backed_entity",
+        "node_access_tags_set_parent", "node_access_tags_sync_parent_after_node_update",
+        "update_closure_table_when_inserting",
+    }),
+}
+SWEEPCAT_TRIGGER_PREFIX = "sweepcat_"
+
+# The per-row triggers a bulk ingest replaces by set-wise statements writing the same rows. Their
+# definitions (whitespace aside) must be these, or the set-wise rows would not be what they write.
+REPLACED_TRIGGERS = {
+    "sqlite": {
+        "update_closure_table_when_inserting": (
+            "CREATE TRIGGER update_closure_table_when_inserting AFTER INSERT ON nodes BEGIN INSERT INTO "
+            "nodes_closure(ancestor, descendant, depth) SELECT NEW.id, NEW.id, 0; INSERT INTO "
+            "nodes_closure(ancestor, descendant, depth) SELECT p.ancestor, c.descendant, p.depth+c.depth+1 FROM "
+            "nodes_closure p, nodes_closure c WHERE p.descendant=NEW.parent and c.ancestor=NEW.id; END"),
+        "nodes_metadata_fts5_sync_ai": (
+            "CREATE TRIGGER nodes_metadata_fts5_sync_ai AFTER INSERT ON nodes BEGIN INSERT INTO "
+            "metadata_fts5(rowid, metadata) VALUES (new.id, new.metadata); END"),
+    },
+    "postgresql": {
+        "update_closure_table_when_inserting": (
+            "CREATE OR REPLACE FUNCTION public.update_closure_table_when_inserting() RETURNS trigger LANGUAGE "
+            "plpgsql AS $function$ BEGIN INSERT INTO nodes_closure(ancestor, descendant, depth) VALUES (NEW.id, "
+            "NEW.id, 0); INSERT INTO nodes_closure(ancestor, descendant, depth) SELECT p.ancestor, c.descendant, "
+            "p.depth + c.depth + 1 FROM nodes_closure p, nodes_closure c WHERE p.descendant = NEW.parent AND "
+            "c.ancestor = NEW.id; RETURN NEW; END; $function$"),
+    },
+}
+
+
+def _normal(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql).strip()
+
+
+def triggers_of(db: "Database") -> dict[str, str]:
+    """Every trigger of the catalog: name -> definition (for PostgreSQL, that of its function)."""
+    if db.dialect == "sqlite":
+        return {name: sql or "" for name, sql in db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")}
+    rows = db.fetch("SELECT t.tgname, pg_get_functiondef(t.tgfoid) FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace s ON s.oid = c.relnamespace "
+                    "WHERE NOT t.tgisinternal AND s.nspname = current_schema()")
+    return {name: definition for name, definition in rows}
+
+
+def check_triggers(db: "Database") -> None:
+    """Refuse a catalog whose triggers are not exactly Tiled's and sweepcat's, naming the odd one."""
+    found = triggers_of(db)
+    known = TILED_TRIGGERS[db.dialect]
+    unknown = sorted(n for n in found if n not in known and not n.startswith(SWEEPCAT_TRIGGER_PREFIX))
+    missing = sorted(known - set(found))
+    changed = sorted(n for n, sql in REPLACED_TRIGGERS[db.dialect].items()
+                     if n in found and _normal(found[n]) != _normal(sql))
+    if unknown or missing or changed:
+        parts = ([f"unknown trigger(s) {', '.join(unknown)}"] if unknown else []) + \
+                ([f"Tiled's trigger(s) {', '.join(missing)} missing"] if missing else []) + \
+                ([f"Tiled's trigger(s) {', '.join(changed)} changed"] if changed else [])
+        raise SweepcatError(
+            f"catalog triggers are not the set sweepcat knows (Tiled {TILED_VERSION}): {'; '.join(parts)}",
+            "sweepcat writes Tiled's tables directly and must know every trigger on them: drop what your site "
+            "added (or restore Tiled's), or write through Tiled's API (`sweepcat register --stock`)")

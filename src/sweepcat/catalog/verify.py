@@ -7,7 +7,8 @@ opened once each, headers only.
 
 from __future__ import annotations
 
-import random
+import hashlib
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,24 +43,56 @@ def _groups(art: pa.Table) -> list[dict]:
     return grouped.to_pylist()
 
 
-def verify_against_files(art: pa.Table, root: str, types: dict, *, sample: int | None = 2000,
-                         progress: Callable[[int], None] | None = None, opener: Opener | None = None) -> list[Problem]:
-    """Problems found by opening the files (all of them, or ``sample`` files chosen at random).
+class FileSample:
+    """The (file, dataset, type) groups of a uniform random sample of ``size`` files (all files for
+    None), gathered over batches: a file's rank is a hash of its name, the lowest ranks are kept, so
+    memory holds ``size`` files whatever the number of rows."""
 
-    Files and datasets are opened under the file rule (``opener``; default: the dataset root), so a
-    symlink, external link, external storage or virtual dataset leaving it is reported by name."""
+    def __init__(self, size: int | None):
+        self.size = size
+        self.groups: dict[str, dict[tuple[str, str], dict]] = {}
+        self._heap: list[tuple[int, str]] = []  # (-rank, file): the worst kept file on top
+
+    @staticmethod
+    def _rank(file: str) -> int:
+        return int.from_bytes(hashlib.blake2b(file.encode(), digest_size=8).digest(), "little")
+
+    def add(self, art: pa.Table) -> None:
+        for g in _groups(art):
+            file = g["file"]
+            kept = self.groups.get(file)
+            if kept is None:
+                if self.size is not None and len(self.groups) >= self.size:
+                    rank = self._rank(file)
+                    if rank >= -self._heap[0][0]:
+                        continue
+                    _, evicted = heapq.heapreplace(self._heap, (-rank, file))
+                    del self.groups[evicted]
+                elif self.size is not None:
+                    heapq.heappush(self._heap, (-self._rank(file), file))
+                kept = self.groups[file] = {}
+            key = (g["dataset"], g["type"])
+            old = kept.get(key)
+            if old is None:
+                kept[key] = dict(g)
+            else:  # the same file and dataset in another batch
+                maxes = [x for x in (old["index_max"], g["index_max"]) if x is not None]
+                old["index_max"] = max(maxes) if maxes else None
+                old["index_count"] += g["index_count"]
+                old["type_count"] += g["type_count"]
+
+    def by_file(self) -> dict[str, list[dict]]:
+        return {file: list(groups.values()) for file, groups in self.groups.items()}
+
+
+def verify_sample(sample: FileSample, root: str, types: dict, *, progress: Callable[[int], None] | None = None,
+                  opener: Opener | None = None) -> list[Problem]:
+    """Problems found by opening the sampled files under the file rule (``opener``; default: the dataset
+    root), so a symlink, external link, external storage or virtual dataset leaving it is reported by name."""
     opener = opener or session([root])
-    groups = _groups(art)
-    files = sorted({g["file"] for g in groups})
-    if sample is not None and len(files) > sample:
-        chosen = set(random.Random(0).sample(files, sample))
-        groups = [g for g in groups if g["file"] in chosen]
-    by_file: dict[str, list[dict]] = {}
-    for g in groups:
-        by_file.setdefault(g["file"], []).append(g)
     problems: list[Problem] = []
     root_path = Path(root)
-    for rel, entries in by_file.items():
+    for rel, entries in sorted(sample.by_file().items()):
         try:
             handle = opener.acquire(str(root_path / rel))
         except FileRefused as exc:
@@ -82,6 +115,14 @@ def verify_against_files(art: pa.Table, root: str, types: dict, *, sample: int |
         if progress:
             progress(1)
     return problems
+
+
+def verify_against_files(art: pa.Table, root: str, types: dict, *, sample: int | None = 2000,
+                         progress: Callable[[int], None] | None = None, opener: Opener | None = None) -> list[Problem]:
+    """``verify_sample`` over one artifacts table."""
+    files = FileSample(sample)
+    files.add(art)
+    return verify_sample(files, root, types, progress=progress, opener=opener)
 
 
 def _check_group(opener: Opener, handle: H5Handle, rel: str, g: dict, t: Any) -> Problem | None:

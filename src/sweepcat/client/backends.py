@@ -95,10 +95,11 @@ class HttpBackend:
         return np.frombuffer(r.content, dtype=dtype).reshape(shape)
 
     def axis(self, ds: str, name: str, info: dict[str, Any]) -> np.ndarray:
-        r = self.http.get(f"{self.url}/api/v1/array/full/{_seg(ds)}/_axes/{_seg(name)}",
+        node = ((info.get("shared_axes") or {}).get(name) or {}).get("node") or f"_axes/{ds}/{name}"
+        r = self.http.get(f"{self.url}/api/v1/array/full/" + "/".join(_seg(s) for s in node.split("/")),
                           headers={"Accept": "application/json"}, params={"format": "application/json"})
         if r.status_code >= 400:
-            raise SweepcatError(f"{ds}/_axes/{name}: HTTP {r.status_code}", "re-ingest the dataset")
+            raise SweepcatError(f"{node}: HTTP {r.status_code}", "re-ingest the dataset")
         return np.asarray(r.json())
 
 

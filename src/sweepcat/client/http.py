@@ -36,3 +36,22 @@ def raise_for(response: httpx.Response, what: str) -> None:
             hint = detail.get("hint") or "use a key with the scopes this needs"
         raise SweepcatError(f"{what} (HTTP {response.status_code}): " + "\n".join(lines), hint)
     raise SweepcatError(f"{what}: HTTP {response.status_code}: {detail}", "see the server log for details")
+
+
+def tiled_client(url: str, api_key: str | None) -> Any:
+    """Tiled's own client on ``url``, or a sentence saying why not (unreachable, refused key, not Tiled)."""
+    from tiled.client import from_uri
+
+    try:
+        return from_uri(url, api_key=api_key)
+    except httpx.ConnectError as exc:
+        raise SweepcatError(f"cannot reach {url} ({exc})", "check the URL and that the server runs") from None
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 401:
+            raise SweepcatError(f"{url} refused the API key (401)",
+                                "pass the key the server printed: --api-key KEY or SWEEPCAT_API_KEY") from None
+        raise SweepcatError(f"{url}: HTTP {exc.response.status_code} ({detail_of(exc.response)})",
+                            "is this a Tiled server? check the URL") from None
+    except ValueError as exc:  # a URL Tiled's client cannot parse, or a body that is not Tiled's JSON
+        raise SweepcatError(f"{url}: not a Tiled server URL ({exc})",
+                            "pass the server's base URL, e.g. http://127.0.0.1:8000 (no ?api_key=)") from None

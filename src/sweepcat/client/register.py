@@ -20,7 +20,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import Manifests, asset_uri, encode_batch, file_sha256, validate
+from ..contract import RESERVED_KEYS, Manifests, asset_uri, encode_batch, file_sha256, validate
 from ..errors import ContractError, SweepcatError
 from .http import raise_for
 
@@ -238,7 +238,7 @@ def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool
                     result.updated += 1
     if prune:
         keep = set(m.ham.column("key").to_pylist())
-        for key in [k for k in counts if k not in keep and k != "_axes"]:
+        for key in [k for k in counts if k not in keep and k not in RESERVED_KEYS]:
             ds[key].delete(recursive=True)
             result.pruned += 1
     return result

@@ -75,6 +75,7 @@ async def info(access: Access = Depends(server_access(READ_METADATA))) -> dict[s
 
 @router.post("/register")
 async def register(request: Request, update: bool = Query(False), verify_all: bool = Query(False),
+                   move_root: bool = Query(False),
                    access: Access = Depends(server_access(REGISTER_SCOPES))) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
@@ -103,7 +104,8 @@ async def register(request: Request, update: bool = Query(False), verify_all: bo
         await _check_register_target(access, manifests.description.key)
     try:
         result = await anyio.to_thread.run_sync(partial(
-            ingest, manifests, policy.catalog, update=update, verify_sample=None if verify_all else 2000))
+            ingest, manifests, policy.catalog, update=update, move_root=move_root,
+            verify_sample=None if verify_all else 2000))
     except ContractError as exc:
         raise _error(exc, 422) from None
     except SweepcatError as exc:
