@@ -41,6 +41,7 @@ SECRET = 7.25  # every value of the outside file's arrays
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\n"  # the outside text file's first 32 bytes
 BATCH_FILES = ["NiPS3_random_rank0000.h5", "NiPS3_random_rank0001.h5"]
 ATTACKS = ("outside", "dotdot", "swapped", "ext", "elink", "vds", "fifo")
+BOMB_ROWS = 2**24  # float64: one 128 MiB chunk, gzip-compressed to about 130 kB
 
 
 @dataclass
@@ -88,6 +89,12 @@ def _write_attack_files(root: Path, outside: Path) -> None:
         layout[:] = h5py.VirtualSource(str(outside / "secret.h5"), "RIXS", shape=(4, 151, 40))
         f.create_virtual_dataset("RIXS", layout)
     os.mkfifo(root / "fifo.h5")
+    (root / "raw.bin").write_bytes(bytes(range(64)))
+    with h5py.File(root / "extin.h5", "w") as f:  # raw data in a file inside the root: HDF5 opens it by path
+        f.create_dataset("RAW", shape=(1, 64), dtype="u1", external=[("raw.bin", 0, 64)])
+    with h5py.File(root / "bomb.h5", "w") as f:  # a tiny file whose one chunk decompresses to 128 MiB
+        f.create_dataset("RAW", data=np.zeros(BOMB_ROWS), chunks=(BOMB_ROWS,), compression="gzip",
+                         compression_opts=9)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +134,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, runner: Any
         }
         for type_, (uri, shape, dtype, index, dataset) in attacks.items():
             h.new("array", [_data_source(uri, dataset, shape, dtype, index)], key=type_)
+        h.new("array", [_data_source(f"file://localhost{root}/extin.h5", "/RAW", (64,), "uint8", 0)], key="extin")
+        h.new("array", [_data_source(f"file://localhost{root}/bomb.h5", "/RAW", (BOMB_ROWS,), "float64", None)],
+              key="bomb")
+        odd = {"badindex": {"dataset": "/RIXS", "index": "abc"}, "listindex": {"dataset": "/RIXS", "index": [1, 2]},
+               "nodataset": {"index": 0}, "intdataset": {"dataset": 7, "index": 0}}
+        for type_, parameters in odd.items():
+            source = _data_source(f"file://localhost{root}/{BATCH_FILES[0]}", "/RIXS", (151, 40), "float64", 0)
+            source.parameters = parameters
+            h.new("array", [source], key=type_)
+        uris = {"relative": f"file:{BATCH_FILES[0]}",
+                "doubleslash": f"file://localhost/{root}/{BATCH_FILES[0]}"}  # root is absolute: '//' + path
+        for type_, uri in uris.items():
+            h.new("array", [_data_source(uri, "/RIXS", (151, 40), "float64", 0)], key=type_)
         # Finding 2: readable roots claimed through node metadata, which any key holder can edit.
         md = dict(ds.metadata)
         md["sweepcat"] = {**md["sweepcat"], "root": "/"}
@@ -303,7 +323,7 @@ def test_inspect_manifest_ingest_name_links_and_storage_that_leave_the_root(worl
     spec.write_text(text)
     r = runner.invoke(cli_app, ["manifest", str(spec), "-o", str(tmp_path / "m")])
     assert r.exit_code == 2, r.output
-    assert f"{BATCH_FILES[1]}#/XPS" in r.output and "outside the dataset root" in r.output
+    assert f"{BATCH_FILES[1]}#/XPS" in r.output and "external file" in r.output
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
     # ingest of manifests made before the change: the verification opens the files under the rule
     from sweepcat.catalog.ingest import ingest
@@ -319,7 +339,8 @@ def test_inspect_manifest_ingest_name_links_and_storage_that_leave_the_root(worl
         d.mkdir()
         shutil.copy(world.root / link, d / link)
         r = runner.invoke(cli_app, ["inspect", str(d), "--no-tree"])
-        assert f"{link}#/RIXS" in r.output and "outside the dataset root" in r.output, r.output
+        why = "outside the dataset root" if link == "elink.h5" else "virtual dataset"
+        assert f"{link}#/RIXS" in r.output and why in r.output, r.output
 
 
 def test_a_fifo_never_blocks_the_server_or_inspect(world: World, tmp_path: Path) -> None:
@@ -358,6 +379,8 @@ def test_the_url_path_is_decoded_once(world: World) -> None:
 
 
 def test_sweepcat_routes_enforce_the_access_policy(world: World, inproc: Any) -> None:
+    """The caller sees a dataset as the policy shows it: the Hamiltonians Tiled lists for them, nothing more;
+    a dataset hidden from them does not exist. Likewise with the routes mounted in a plain `tiled serve`."""
     q = f'key == "{world.keys[0]}"'
     routes = {"search": {}, "facets": {"param": "tenDq"}, "params": {}, "locators": {"type": "rixs"},
               "read": {"type": "rixs"}}
@@ -369,10 +392,23 @@ def test_sweepcat_routes_enforce_the_access_policy(world: World, inproc: Any) ->
             r = _sweepcat(whole, route, world, q=q, **params)
             assert r.status_code == 200, (route, r.text[:200])
             assert r.headers.get("x-sweepcat-fast-path") is None  # with a policy, Tiled's stack always decides
-            r = _sweepcat(partial, route, world, q=q, **params)
-            assert r.status_code == 403 and "only part of dataset" in r.text, (route, r.status_code, r.text[:200])
             r = _sweepcat(hidden, route, world, q=q, **params)
             assert r.status_code == 404, (route, r.status_code, r.text[:200])
+        assert _sweepcat(whole, "search", world).json()["count"] == len(world.keys)
+        seen = _sweepcat(partial, "search", world).json()
+        assert (seen["count"], seen["keys"]) == (1, [world.keys[0]])
+        assert _sweepcat(partial, "facets", world, param="tenDq").json()["count"] == 1
+        import pyarrow as pa
+
+        def table(r: httpx.Response) -> pa.Table:
+            assert r.status_code == 200, r.text[:200]
+            return pa.ipc.open_stream(r.content).read_all()
+
+        assert table(_sweepcat(partial, "params", world)).column("key").to_pylist() == [world.keys[0]]
+        assert table(_sweepcat(partial, "locators", world, type="rixs")).column("key").to_pylist() == [world.keys[0]]
+        r = _sweepcat(partial, "read", world, type="rixs")
+        assert r.status_code == 200 and r.headers["x-sweepcat-shape"] == "1,151,40", r.text[:200]
+        assert _sweepcat(partial, "search", world, q=f'key == "{world.keys[1]}"').json()["count"] == 0
         assert [d["key"] for d in _sweepcat_get(whole, "/api/v1/sweepcat/datasets")] == ["sweep"]
         assert _sweepcat_get(hidden, "/api/v1/sweepcat/datasets") == []
         # Tiled's own route applies the policy node by node: the visible Hamiltonian reads, the others do not.
@@ -667,3 +703,193 @@ def test_matrix_of_access_modes_routes_and_files(world: World, inproc: Any, mode
         r = client.get(f"/api/v1/array/full/{world.path('rixs')}", headers={"Authorization": "Apikey wrong"})
         assert r.status_code == 401
         assert client.post("/api/v1/sweepcat/register", content=b"x").status_code == 401
+
+
+# --------------------------------------------------------------------------- found by trying it as an attacker
+
+
+def test_hdf5_external_raw_storage_is_refused_even_inside_the_root(world: World, inproc: Any, runner: Any,
+                                                                   tmp_path: Path) -> None:
+    """HDF5 opens external raw-data files itself, by path: swapped after a first read for a symlink to
+    /etc/passwd or for a FIFO, they were served or froze the server. sweepcat serves no such dataset."""
+    for fast in (True, False):
+        client = inproc(fast_path=fast)
+        r = _array(client, world, "extin")
+        assert r.status_code == 403 and "external" in r.text, (fast, r.status_code, r.text[:200])
+        r = _sweepcat(client, "read", world, type="extin", q=f'key == "{world.keys[0]}"')
+        assert r.status_code == 403 and "external" in r.text
+    (world.root / "raw.bin").unlink()
+    (world.root / "raw.bin").symlink_to("/etc/passwd")
+    try:
+        for fast in (True, False):
+            r = _array(inproc(fast_path=fast), world, "extin")
+            assert r.status_code == 403
+            _no_secret(r)
+    finally:
+        (world.root / "raw.bin").unlink()
+        (world.root / "raw.bin").write_bytes(bytes(range(64)))
+    d = tmp_path / "ext"
+    d.mkdir()
+    shutil.copy(world.root / "extin.h5", d)
+    shutil.copy(world.root / "raw.bin", d)
+    r = runner.invoke(cli_app, ["inspect", str(d), "--no-tree"])
+    assert r.exit_code == 1 and "extin.h5#/RAW" in r.output and "external" in r.output, r.output
+
+
+def test_readable_storage_is_resolved_once_not_at_every_read(tmp_path: Path, demo_root: Path, runner: Any) -> None:
+    """A root directory replaced by a symlink after ingest does not carry readable storage along."""
+    base = tmp_path
+    data = base / "data" / "sweep"
+    data.mkdir(parents=True)
+    shutil.copy(demo_root / "NiPS3_batched" / BATCH_FILES[0], data / BATCH_FILES[0])
+    _cli(runner, "inspect", data, "-o", base / "spec.yml", "--no-tree")
+    _cli(runner, "manifest", base / "spec.yml", "-o", base / "m")
+    catalog = str(base / "c.db")
+    _cli(runner, "ingest", base / "m", "--catalog", catalog)
+    outside = base / "outside"
+    outside.mkdir()
+    with h5py.File(outside / BATCH_FILES[0], "w") as f:
+        f["RIXS"] = np.full((64, 151, 40), SECRET)
+    config = server_config(parse_catalog(catalog).tiled_uri, [str(data)], api_key=API_KEY)
+    for fast in (True, False):
+        with TestClient(build_app(config, fast_path=fast), base_url="http://127.0.0.1",
+                        raise_server_exceptions=False) as client:
+            key = client.get("/api/v1/sweepcat/search/sweep", headers=KEY).json()["keys"][0]
+            path = f"/api/v1/array/full/sweep/{key}/rixs"
+            assert client.get(path, headers=KEY).status_code == 200
+            data.rename(data.with_name("sweep.real"))
+            data.symlink_to(outside)
+            try:
+                time.sleep(policy_roots_ttl())  # the policy's next look at the registry must not re-resolve
+                r = client.get(path, headers=KEY)
+                assert r.status_code in (403, 500), (fast, r.status_code)
+                _no_secret(r)
+                r = client.get("/api/v1/sweepcat/read/sweep", params={"type": "rixs", "q": f'key == "{key}"'},
+                               headers=KEY)
+                assert r.status_code == 403
+                _no_secret(r)
+            finally:
+                data.unlink()
+                data.with_name("sweep.real").rename(data)
+
+
+def policy_roots_ttl() -> float:
+    from sweepcat.server.policy import ROOTS_TTL
+
+    return ROOTS_TTL + 0.05
+
+
+def test_register_records_the_real_root_not_a_symlink(world: World, inproc: Any, tmp_path: Path) -> None:
+    """A dataset registered through a symlinked root must not follow that link when it is re-pointed."""
+    from sweepcat.catalog.db import connect
+    from sweepcat.contract import encode_batch, read_manifests
+
+    m = read_manifests(world.base / "manifests")
+    link = world.root / "lnk"
+    link.symlink_to(".")
+    try:
+        m.description.root = str(link)
+        m.description.key = "evil"
+        m.description.label = "evil"
+        client = inproc()
+        r = client.post("/api/v1/sweepcat/register", content=encode_batch(m), headers=KEY)
+        assert r.status_code == 200, r.text
+        with connect(parse_catalog(world.catalog)) as db:
+            (root,) = db.fetch("SELECT root FROM sweepcat_datasets r JOIN nodes n ON n.id = r.dataset_id "
+                               "WHERE n.key = 'evil'")[0]
+        assert root == str(world.root.resolve())
+        link.unlink()
+        link.symlink_to(world.outside)
+        time.sleep(policy_roots_ttl())
+        r = client.get(f"/api/v1/array/full/{world.path('outside')}", headers=KEY)
+        assert r.status_code != 200
+        _no_secret(r)
+    finally:
+        link.unlink()
+        from sweepcat.catalog.delete import execute_delete, plan_delete
+
+        execute_delete(parse_catalog(world.catalog), plan_delete(parse_catalog(world.catalog), "evil"))
+
+
+def test_access_policies_below_the_dataset_node_hold_on_the_bulk_routes(world: World, inproc: Any) -> None:
+    """A policy hiding artifacts inside Hamiltonians, or withholding read:data on some arrays, is applied by
+    /read and /locators row by row, as Tiled applies it node by node."""
+    q = f'key == "{world.keys[0]}"'
+    only_rixs = inproc(policy="OnlyRixsPolicy")
+    assert _array(only_rixs, world, "xps").status_code == 404  # Tiled: the node does not exist for the caller
+    r = _sweepcat(only_rixs, "read", world, type="xps", q=q)
+    assert r.status_code == 404 and "xps" in r.text, r.text[:300]
+    r = _sweepcat(only_rixs, "locators", world, type="xps", q=q)  # listings leave out what is hidden
+    assert r.status_code == 200 and pa_rows(r) == 0, r.text[:300]
+    assert _sweepcat(only_rixs, "read", world, type="rixs", q=q).status_code == 200
+    no_data = inproc(policy="NoDataPolicy")
+    assert _array(no_data, world, "xps").status_code == 403
+    r = _sweepcat(no_data, "read", world, type="xps", q=q)
+    assert r.status_code == 403 and "read:data" in r.text, r.text[:300]
+    assert _sweepcat(no_data, "read", world, type="rixs", q=q).status_code == 200
+    assert _sweepcat(no_data, "locators", world, type="xps", q=q).status_code == 200  # metadata: as Tiled
+
+
+def pa_rows(r: httpx.Response) -> int:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(r.content).read_all().num_rows
+
+
+def test_a_compressed_chunk_is_counted_as_what_it_decompresses_to(world: World, inproc: Any) -> None:
+    """One gzip chunk of 128 MiB in a 130 kB file: refused before decompression when it exceeds the budget,
+    and counted in the budget otherwise."""
+    from sweepcat.server import policy as policy_mod
+
+    limit = policy_mod.BUDGET.limit
+    policy_mod.BUDGET.limit = 64 * 2**20
+    try:
+        for fast in (True, False):
+            r = _array(inproc(fast_path=fast), world, "bomb", slice="0:1")
+            assert r.status_code == 413 and "chunk" in r.text, (fast, r.status_code, r.text[:300])
+    finally:
+        policy_mod.BUDGET.limit = limit
+    r = _array(inproc(), world, "bomb", slice="0:1")
+    assert r.status_code == 200 and np.frombuffer(r.content, "f8").tolist() == [0.0]
+    assert policy_mod.BUDGET.in_flight == 0
+
+
+def test_register_bounds_a_body_without_content_length(world: World, inproc: Any, monkeypatch: Any) -> None:
+    from sweepcat.server import routes
+
+    monkeypatch.setattr(routes, "MAX_BATCH_BYTES", 1 << 20)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(16):
+            yield b"x" * (1 << 20)
+
+    r = inproc().post("/api/v1/sweepcat/register", content=body(), headers=KEY)
+    assert r.status_code == 413 and "limit" in r.text, r.text[:300]
+
+
+@pytest.mark.parametrize("type_", ["badindex", "listindex", "nodataset", "intdataset", "relative"])
+def test_odd_data_source_parameters_are_422s_that_name_the_node(world: World, inproc: Any, type_: str) -> None:
+    """Nodes written through Tiled's API with parameters sweepcat never writes: a clear 4xx, never a 500,
+    and the rest of the dataset keeps reading."""
+    q = f'key == "{world.keys[0]}"'
+    answers = {}
+    for fast in (True, False):
+        client = inproc(fast_path=fast)
+        r = answers[fast] = _array(client, world, type_)
+        if type_ == "relative":  # Tiled's own readable-storage check fails on a relative path, before the adapter
+            assert r.status_code == 500
+        else:
+            assert r.status_code == 422 and type_ in r.text, (fast, r.status_code, r.text[:300])
+        r = _sweepcat(client, "read", world, type=type_, q=q)
+        assert r.status_code in (403, 422), (fast, r.status_code, r.text[:300])
+        assert _sweepcat(client, "read", world, type="rixs", q=q).status_code == 200
+        assert _sweepcat(client, "locators", world, type="rixs").status_code == 200
+    _same(answers[True], answers[False], type_)
+
+
+def test_a_percent_encoded_parameter_name_does_not_slip_past_the_fast_path(world: World, inproc: Any) -> None:
+    on, off = inproc(), inproc(fast_path=False)
+    url = f"/api/v1/array/full/{world.path('rixs')}?api%5Fkey=wrong"
+    _same(on.get(url, headers=KEY), off.get(url, headers=KEY), "api%5Fkey")
+    url = f"/api/v1/array/full/{world.path('doubleslash')}"
+    _same(on.get(url, headers=KEY), off.get(url, headers=KEY), "double slash asset")

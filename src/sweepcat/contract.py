@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ContractError, Problem, SweepcatError
+from .errors import ContractError, Problem, SourceInvalid, SweepcatError
 
 if TYPE_CHECKING:  # pandas costs 0.3 s to import; only the client's helpers need it
     import pandas as pd
@@ -203,9 +203,29 @@ def asset_uri(path: str | os.PathLike) -> str:
 def asset_path(uri: str) -> str:
     """The local path of an asset URI (the inverse of ``asset_uri``; Tiled's raw form is read as is)."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme != "file":
-        raise SweepcatError(f"asset {uri!r} is not a local file", "sweepcat serves file:// assets only")
-    return urllib.parse.unquote(parts.path) if "%" in parts.path else parts.path
+    path = urllib.parse.unquote(parts.path) if "%" in parts.path else parts.path
+    if parts.scheme != "file" or not path.startswith("/"):
+        raise SourceInvalid(f"asset {uri!r} is not an absolute local file URI",
+                            "sweepcat reads file://localhost/absolute/path assets only")
+    return path
+
+
+def locator_of_source(parameters: Any, data_uri: str, where: str) -> Locator:
+    """The locator a sweepcat data source holds: ``{"dataset": str, "index": int >= 0 or absent}`` and an
+    absolute file URI. Anything else (written through Tiled's API) is refused naming ``where``."""
+    p = parameters if isinstance(parameters, dict) else None
+    dataset = p.get("dataset") if p else None
+    index = p.get("index") if p else None
+    if not isinstance(dataset, str) or not dataset:
+        raise SourceInvalid(f"{where}: its data source names no HDF5 dataset (parameters {parameters!r})",
+                            "recreate the node with parameters {'dataset': '/PATH', 'index': N}")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise SourceInvalid(f"{where}: its data source's index {index!r} is not a row number",
+                            "recreate the node with an integer index (or none for a whole dataset)")
+    try:
+        return Locator(asset_path(data_uri), dataset, index)
+    except SourceInvalid as exc:
+        raise SourceInvalid(f"{where}: {exc.message}", exc.hint) from None
 
 
 # --------------------------------------------------------------------------- paths

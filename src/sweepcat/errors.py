@@ -42,3 +42,7 @@ class ContractError(SweepcatError):
             shown.append(f"  ... and {more} more")
         head = f"{subject}: {len(self.problems)} problem(s); nothing was written"
         super().__init__(head + "\n" + "\n".join(shown))
+
+
+class SourceInvalid(SweepcatError):
+    """A node's data source is not one sweepcat writes (its parameters, its asset URI): refused, never guessed."""

@@ -9,10 +9,13 @@ is refused too, not followed.
 
 A dataset may be read when every link on its path is a hard link, a soft
 link, or an external link whose target file passes the file rule (sweepcat
-follows external links itself; HDF5 never does), and its raw data lies in the
-file, in external raw-data files (HDF5 "external storage") that pass the file
-rule, or, for a virtual dataset, in source datasets of files that pass the
-file rule and hold their data themselves.
+follows external links itself; HDF5 never does), and its raw data lies in its
+own file. HDF5 external raw storage and virtual datasets are refused: HDF5
+opens their files itself, by path, at read time, where no check can follow.
+
+Roots are resolved once, when configured or recorded, never at each read: a
+root directory later swapped for a symlink does not carry readable storage
+along.
 
 Every reader uses this module: the server (through ``server/policy.py``),
 ``inspect``, ``manifest``, ingest's verification and the client's direct
@@ -76,7 +79,13 @@ class FileRule:
 
     @classmethod
     def under(cls, *roots: str | os.PathLike, what: str = "readable storage") -> "FileRule":
+        """Roots resolved now (symlinks followed once): a root later swapped for a symlink moves nothing."""
         return cls(tuple(sorted({os.path.realpath(os.fspath(r)) for r in roots})), what)
+
+    @classmethod
+    def of(cls, real_roots: Iterable[str], what: str = "readable storage") -> "FileRule":
+        """Roots already resolved when they were configured or recorded: never resolved again."""
+        return cls(tuple(sorted(set(real_roots))), what)
 
     def covers(self, directory: str | os.PathLike) -> bool:
         """The real path of ``directory`` lies inside the roots (for data roots, not for opening files)."""
@@ -157,14 +166,6 @@ def _beside(handle: H5Handle, name: str) -> str:
     return name if os.path.isabs(name) else os.path.join(os.path.dirname(handle.real), name)
 
 
-def _external_prefix(handle: H5Handle) -> str:
-    """Where HDF5 looks for relative external raw-data files (we set it; the environment overrides it)."""
-    env = os.environ.get("HDF5_EXTFILE_PREFIX")
-    if env:
-        return env.replace("${ORIGIN}", os.path.dirname(handle.real))
-    return os.path.dirname(handle.real)
-
-
 class Opener:
     """Opens files under a rule; ``dataset`` resolves a dataset path under the dataset rule."""
 
@@ -239,80 +240,27 @@ class Opener:
             if kind is not h5py.Dataset:
                 raise DatasetMissing(f"{where}: not a dataset (a {getattr(kind, '__name__', kind)})",
                                      "fix 'dataset' in the manifest")
-            dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-            dapl.set_efile_prefix(os.path.dirname(current.real).encode())
-            dapl.set_virtual_prefix(os.path.dirname(current.real).encode())
-            ds = h5py.Dataset(h5py.h5d.open(group.id, parts[i].encode(), dapl=dapl))
-            self._check_storage(current, ds, where, held)
+            ds = group[parts[i]]
+            self._check_storage(ds, where)
             return ds
 
-    def _check_storage(self, handle: H5Handle, ds: h5py.Dataset, where: str, held: list[H5Handle]) -> None:
-        dcpl = ds.id.get_create_plist()
-        for k in range(dcpl.get_external_count()):
-            name = os.fsdecode(dcpl.get_external(k)[0])
-            target = name if os.path.isabs(name) else os.path.join(_external_prefix(handle), name)
-            try:
-                self.rule.check(target)
-            except FileRefused as exc:
-                raise FileRefused(where, f"its raw data is stored in the external file {name}, which {exc.reason}") \
-                    from None
-            except FileNotFoundError:
-                raise DatasetMissing(f"{where}: its raw data is stored in the external file {name}, which is missing",
-                                     "restore the file") from None
-        if dcpl.get_layout() != h5py.h5d.VIRTUAL:
-            return
-        for k in range(dcpl.get_virtual_count()):
-            name = os.fsdecode(dcpl.get_virtual_filename(k))
-            source_name = os.fsdecode(dcpl.get_virtual_dsetname(k))
-            if "%" in name or "%" in source_name:
-                raise FileRefused(where, "a virtual dataset with printf-style source names cannot be checked",
-                                  "write the data into the file, or map each source explicitly")
-            if os.environ.get("HDF5_VDS_PREFIX"):
-                raise FileRefused(where, "HDF5_VDS_PREFIX is set, so virtual dataset sources cannot be located safely",
-                                  "unset HDF5_VDS_PREFIX in the server's environment")
-            if name == ".":
-                source = handle
-            else:
-                target = _beside(handle, name)
-                try:
-                    source = self.acquire(target)
-                except FileRefused as exc:
-                    raise FileRefused(where, f"a virtual dataset maps data from {name}, which {exc.reason}") from None
-                except (FileNotFoundError, OSError):
-                    raise DatasetMissing(f"{where}: a virtual dataset maps data from {name}, which is missing",
-                                         "restore the source file") from None
-                held.append(source)
-            self._check_source(source, source_name, where)
-
     @staticmethod
-    def _check_source(source: H5Handle, name: str, where: str) -> None:
-        """A virtual dataset's source: reached by hard or soft links in its own file, holding its own data."""
-        group: h5py.Group = source.file
-        parts = _parts(name)
-        hops = 0
-        i = 0
-        while i < len(parts):
-            link = group.get(parts[i], getlink=True)
-            if isinstance(link, h5py.SoftLink):
-                hops += 1
-                if hops > MAX_LINK_HOPS:
-                    raise FileRefused(where, "a virtual dataset source path has too many soft links")
-                group = source.file if link.path.startswith("/") else group
-                parts, i = _parts(link.path) + parts[i + 1:], 0
-                continue
-            if not isinstance(link, h5py.HardLink):
-                raise FileRefused(where, f"a virtual dataset source {source.path}#{name} is reached through a "
-                                  f"{type(link).__name__ if link is not None else 'missing link'}")
-            obj = group[parts[i]]
-            group = obj
-            i += 1
-        if not isinstance(group, h5py.Dataset):
-            raise DatasetMissing(f"{where}: virtual dataset source {source.path}#{name} is not a dataset",
-                                 "fix the virtual dataset")
-        dcpl = group.id.get_create_plist()
-        if dcpl.get_external_count() or dcpl.get_layout() == h5py.h5d.VIRTUAL:
-            raise FileRefused(where, f"virtual dataset source {source.path}#{name} does not hold its own data",
-                              "point virtual datasets at datasets that store their data in their file")
+    def _check_storage(ds: h5py.Dataset, where: str) -> None:
+        """The dataset holds its raw data in its own file. HDF5 opens the files of external storage and of
+        virtual datasets itself, by path, at read time, where no check of sweepcat's can follow (a file
+        swapped for a symlink or a FIFO after any check would be read, or block): such datasets are refused."""
+        dcpl = ds.id.get_create_plist()
+        if dcpl.get_external_count():
+            names = ", ".join(os.fsdecode(dcpl.get_external(k)[0]) for k in range(dcpl.get_external_count()))
+            raise FileRefused(where, f"its raw data is stored in external file(s) {names} (HDF5 external storage), "
+                              "which HDF5 opens by path, beyond sweepcat's file checks",
+                              "copy the data into the file (e.g. `h5repack`), then regenerate the manifests")
+        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+            sources = ", ".join(sorted({os.fsdecode(dcpl.get_virtual_filename(k))
+                                        for k in range(dcpl.get_virtual_count())}))
+            raise FileRefused(where, f"it is a virtual dataset (sources: {sources}), whose source files HDF5 opens "
+                              "by path, beyond sweepcat's file checks",
+                              "write the data into one file (e.g. `h5repack` or h5py), then regenerate the manifests")
 
     @contextmanager
     def dataset(self, path: str, name: str) -> Iterator[h5py.Dataset]:

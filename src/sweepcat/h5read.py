@@ -14,7 +14,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import SweepcatError
+from .errors import SourceInvalid, SweepcatError
 from .h5open import DatasetMissing, FileRefused, Opener
 from .h5scan import dtype_name
 
@@ -25,6 +25,14 @@ class SourceChanged(SweepcatError):
 
 class SourceMissing(SweepcatError):
     """A file or dataset the catalog points at is gone."""
+
+
+def filtered_chunk_bytes(node: h5py.Dataset) -> int:
+    """Bytes of one chunk of a compressed (filtered) dataset, which HDF5 decompresses whole to read any of it;
+    0 for data read as stored."""
+    if node.chunks is None or not node.id.get_create_plist().get_nfilters():
+        return 0
+    return int(np.prod(node.chunks, dtype=np.int64)) * node.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -92,15 +100,19 @@ def _open_error(path: str, dataset: str, exc: BaseException) -> SweepcatError:
                          "restore the file or re-ingest the dataset")
 
 
-def check_stack(stack: Stack, opener: Opener) -> None:
-    """Open every source of a read under the rule and check it, before any byte is sent."""
+def check_stack(stack: Stack, opener: Opener) -> int:
+    """Open every source of a read under the rule and check it, before any byte is sent; returns the largest
+    compressed chunk a read of it decompresses (bytes)."""
+    largest = 0
     for path, dataset, positions in stack.groups():
         rows = np.sort(stack.indices[positions])
         try:
             with opener.dataset(path, dataset) as node:
                 check_source(node, path, dataset, stack, rows)
+                largest = max(largest, filtered_chunk_bytes(node))
         except (FileRefused, FileNotFoundError, DatasetMissing, OSError) as exc:
             raise _open_error(path, dataset, exc) from None
+    return largest
 
 
 def read_stacked(stack: Stack, opener: Opener, out: np.ndarray | None = None) -> np.ndarray:
@@ -159,4 +171,5 @@ def stream_stacked(stack: Stack, opener: Opener, chunk_bytes: int) -> Iterator[m
         yield memoryview(part.reshape(-1).view(np.uint8))
 
 
-__all__ = ["Stack", "SourceChanged", "SourceMissing", "check_stack", "read_stacked", "stream_stacked"]
+__all__ = ["Stack", "SourceChanged", "SourceMissing", "SourceInvalid", "check_stack", "read_stacked",
+           "stream_stacked", "filtered_chunk_bytes"]

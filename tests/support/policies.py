@@ -55,3 +55,23 @@ class HiddenPolicy(_Base):
         if node_ is not None and getattr(node_, "parent", 0) is None:  # the root: list every other dataset
             return [KeysFilter(keys=["--nothing-but-this--"])]
         return []
+
+
+class OnlyRixsPolicy(_Base):
+    """Inside every Hamiltonian only the `rixs` artifact is visible: a decision below the dataset node."""
+
+    async def filters(self, node: Any, principal: Any, authn_access_tags: Any, authn_scopes: Any,
+                      scopes: Any) -> list:
+        key = _key(node)
+        return [KeysFilter(keys=["rixs"])] if key and key.startswith("H_") else []
+
+
+class NoDataPolicy(_Base):
+    """Everything visible, but the data of `xps` arrays may not be read (read:data withheld on them)."""
+
+    async def allowed_scopes(self, node: Any, principal: Any, authn_access_tags: Any, authn_scopes: Any) -> Any:
+        return ALL_SCOPES - {"read:data"} if _key(node) == "xps" else ALL_SCOPES
+
+    async def filters(self, node: Any, principal: Any, authn_access_tags: Any, authn_scopes: Any,
+                      scopes: Any) -> list:
+        return []

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from .. import query as q
-from ..contract import absolute_locator_urls, asset_path
-from ..errors import SweepcatError
+from ..contract import absolute_locator_urls, locator_of_source
+from ..errors import SourceInvalid, SweepcatError
 from ..h5open import FileRule, Opener
 from ..h5read import Stack, read_stacked
 from . import params
@@ -37,9 +37,18 @@ class TypeLocators:
     dtype: np.dtype
     dims: tuple[str, ...] | None
     paths: list[str]
-    file_idx: np.ndarray  # int32 per row; -1: this Hamiltonian has no such artifact
+    file_idx: np.ndarray  # int32 per row; -1: this Hamiltonian has no such artifact; INVALID: see ``invalid``
     datasets: np.ndarray  # object per row
     indices: np.ndarray  # int64 per row; -1: whole dataset
+    invalid: dict[int, str] = field(default_factory=dict)  # row -> why its data source is not sweepcat's
+
+    def refuse_invalid(self, rows: np.ndarray, keys: np.ndarray, dataset: str) -> None:
+        bad = rows[self.file_idx[rows] == INVALID]
+        if len(bad):
+            shown = "; ".join(f"{dataset}/{keys[r]}/{self.name}: {self.invalid[int(r)]}" for r in bad[:3])
+            raise SourceInvalid(f"{len(bad)} {self.name!r} node(s) hold data sources sweepcat does not write: {shown}",
+                                "delete or recreate those nodes (sweepcat delete, or Tiled's client), or narrow "
+                                "the query to leave them out")
 
 
 @dataclass
@@ -127,6 +136,7 @@ class DatasetIndex:
         for name, t in types.items():
             if type_ is not None and name != type_:
                 continue
+            t.refuse_invalid(rows, self.table.key, self.key)
             fi = t.file_idx[rows]
             keep = fi >= 0
             sel = rows[keep]
@@ -154,6 +164,7 @@ class DatasetIndex:
         if type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
         t = types[type_]
+        t.refuse_invalid(rows, self.table.key, self.key)
         fi = t.file_idx[rows]
         if (fi < 0).any():
             missing = self.table.key[rows[fi < 0]][:5].tolist()
@@ -182,11 +193,14 @@ def _distinct(values: np.ndarray, name: str) -> dict[str, Any]:
             "truncated": bool(len(counts) > MAX_DISTINCT)}
 
 
+INVALID = -2  # file_idx of a row whose data source is not one sweepcat writes
+
+
 def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]:
     from tiled.structures.array import ArrayStructure
 
     rows = db.fetch(
-        "SELECT n.parent, n.key, ds.parameters, a.data_uri, st.structure FROM nodes p "
+        "SELECT n.parent, n.key, ds.parameters, a.data_uri, st.structure, ds.structure_id FROM nodes p "
         "JOIN nodes n ON n.parent = p.id JOIN data_sources ds ON ds.node_id = n.id "
         "JOIN structures st ON st.id = ds.structure_id "
         "JOIN data_source_asset_association x ON x.data_source_id = ds.id AND x.parameter = 'data_uri' "
@@ -195,10 +209,11 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
     n = len(index.table)
     out: dict[str, TypeLocators] = {}
     path_ids: dict[str, dict[str, int]] = {}
-    for parent, type_, parameters, uri, structure in rows:
+    structure_of: dict[str, str] = {}
+    for parent, type_, parameters, uri, structure, structure_id in rows:
         pos = position.get(int(parent))
         if pos is None:
-            continue  # not a Hamiltonian of the index (e.g. the shared axes)
+            continue  # not a Hamiltonian of the index
         t = out.get(type_)
         if t is None:
             s = ArrayStructure.from_json(json.loads(structure) if isinstance(structure, str) else structure)
@@ -206,14 +221,23 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
                              [], np.full(n, -1, np.int32), np.full(n, "", dtype=object), np.full(n, -1, np.int64))
             out[type_] = t
             path_ids[type_] = {}
+            structure_of[type_] = structure_id
+        try:
+            p = json.loads(parameters) if isinstance(parameters, str) else parameters
+            loc = locator_of_source(p, uri, "its data source")
+            if structure_id != structure_of[type_]:
+                raise SourceInvalid(f"its structure differs from the other {type_!r} arrays'")
+        except SourceInvalid as exc:  # written through Tiled's API: refused when read, never guessed
+            t.file_idx[pos] = INVALID
+            t.invalid[pos] = exc.message.removeprefix("its data source: ")
+            continue
         ids = path_ids[type_]
-        if uri not in ids:
-            ids[uri] = len(t.paths)
-            t.paths.append(asset_path(uri))
-        p = json.loads(parameters) if isinstance(parameters, str) else parameters
-        t.file_idx[pos] = ids[uri]
-        t.datasets[pos] = p.get("dataset", "/")
-        t.indices[pos] = -1 if p.get("index") is None else int(p["index"])
+        if loc.file not in ids:
+            ids[loc.file] = len(t.paths)
+            t.paths.append(loc.file)
+        t.file_idx[pos] = ids[loc.file]
+        t.datasets[pos] = loc.dataset
+        t.indices[pos] = -1 if loc.index is None else loc.index
     return out
 
 

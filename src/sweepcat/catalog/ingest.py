@@ -24,6 +24,7 @@ set-wise before commit. The catalog's triggers must be exactly those sweepcat kn
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -252,7 +253,7 @@ class _Writer:
                 f"{', '.join(sorted(md)[:8]) or 'none'}); sweepcat never writes into nodes it does not own",
                 "ingest under another key (--label NEW); if sweepcat's own `register --stock` made it, adopt it "
                 f"first with `sweepcat reindex {key} --catalog ...`")
-        if reg.root is not None and reg.root != self.s.root and not self.move_root:
+        if reg.root is not None and reg.root != os.path.realpath(self.s.root) and not self.move_root:
             raise SweepcatError(
                 f"dataset {key!r} was ingested from {reg.root}; these manifests say its data lives in {self.s.root}",
                 "a dataset's data root changes only on request: pass --move-root (every file is checked in the new "
@@ -291,7 +292,7 @@ class _Writer:
             raise SweepcatError(f"dataset node {s.key!r} has no closure rows", "the catalog is damaged: run "
                                 "`sweepcat delete` on it, or restore the catalog")
         self.columns = params.ensure_tables(db, self.ds_id, s.key, s.kinds)
-        params.record_root(db, self.ds_id, s.root)
+        params.record_root(db, self.ds_id, os.path.realpath(s.root))  # resolved once, here
         legacy_axes = db.fetch("SELECT id FROM nodes WHERE parent = ? AND key = ?", self.ds_id, AXES_KEY) \
             if self.ds_existed else []
         # Deletes first, while every trigger and foreign key acts (PostgreSQL's replica role would also

@@ -9,6 +9,7 @@ asyncpg pool in the server's event loop.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Callable
 
 import anyio
 
+from ..contract import locator_of_source
+from ..errors import SourceInvalid
 from .schema import MIMETYPE, CatalogURI
 
 
@@ -23,7 +26,7 @@ from .schema import MIMETYPE, CatalogURI
 class ArrayRow:
     """What a read of one sweepcat array node needs."""
 
-    data_uri: str
+    path: str  # absolute, normal
     dataset: str
     index: int | None
     structure: dict[str, Any]
@@ -40,18 +43,22 @@ def _lookup_sql(depth: int, placeholder: Callable[[int], str]) -> str:
 
 
 def array_row(rows: list[tuple]) -> ArrayRow | None:
-    """The locator of a sweepcat array node, or None when the node is anything else (Tiled answers then)."""
+    """The locator of a sweepcat array node, or None when the node is anything else, or anything odd, in
+    which case Tiled answers (through the adapter, which refuses odd sources by name)."""
     if len(rows) != 1:
         return None
     mimetype, parameters, structure, data_uri = rows[0]
-    if mimetype != MIMETYPE or not str(data_uri).startswith("file:"):
+    if mimetype != MIMETYPE:
         return None
-    p = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+    p = json.loads(parameters) if isinstance(parameters, str) else parameters
+    try:
+        loc = locator_of_source(p, str(data_uri), "node")
+    except SourceInvalid:
+        return None
+    if loc.file != os.path.normpath(loc.file):  # '//x', '/a/../x': Tiled judges such paths first
+        return None
     structure = json.loads(structure) if isinstance(structure, str) else structure
-    index = p.get("index")
-    if not isinstance(p.get("dataset"), str) or (index is not None and not isinstance(index, int)):
-        return None
-    return ArrayRow(str(data_uri), p["dataset"], index, structure)
+    return ArrayRow(loc.file, loc.dataset, loc.index, structure)
 
 
 class NodeLookup:

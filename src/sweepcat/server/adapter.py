@@ -15,7 +15,7 @@ with Tiled's configured readable storage; the fast path with the policy's.
 from __future__ import annotations
 
 import builtins
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import numpy as np
@@ -24,10 +24,12 @@ from tiled.ndslice import NDSlice
 from tiled.structures.core import StructureFamily
 
 from ..catalog.schema import MIMETYPE
-from ..contract import Locator, asset_path
+from ..contract import Locator, locator_of_source
+from ..errors import SourceInvalid
 from ..h5open import DatasetMissing, FileRefused, Opener
+from ..h5read import filtered_chunk_bytes
 from ..h5scan import dtype_name
-from .policy import BUDGET, FILES, check_response_size, configured_rule_for
+from .policy import BUDGET, FILES, Reservation, check_chunk, check_response_size, configured_rule_for
 
 
 class Refused(HTTPException):
@@ -91,14 +93,16 @@ class SlicedHDF5Adapter:
         self.opener = opener
 
     @classmethod
-    def from_catalog(cls, data_source: Any, node: Any, /, dataset: str, index: int | None = None,
-                     **_: Any) -> "SlicedHDF5Adapter":
+    def from_catalog(cls, data_source: Any, node: Any, /, **_: Any) -> "SlicedHDF5Adapter":
         assets = [a for a in data_source.assets if a.parameter == "data_uri"] or list(data_source.assets)
         if not assets:
-            raise HTTPException(status_code=500, detail=f"node {node.key!r} has no file asset")
-        path = asset_path(assets[0].data_uri)
-        return cls(path, dataset, None if index is None else int(index), data_source.structure,
-                   opener=FILES.opener(configured_rule_for(path)), metadata=node.metadata_, specs=node.specs)
+            raise HTTPException(status_code=422, detail=f"node {node.key!r}: its data source has no file asset")
+        try:
+            loc = locator_of_source(data_source.parameters, assets[0].data_uri, f"node {node.key!r}")
+        except SourceInvalid as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return cls(loc.file, loc.dataset, loc.index, data_source.structure,
+                   opener=FILES.opener(configured_rule_for(loc.file)), metadata=node.metadata_, specs=node.specs)
 
     @property
     def locator(self) -> str:
@@ -111,6 +115,13 @@ class SlicedHDF5Adapter:
         return self._metadata
 
     def read(self, slice: Any = NDSlice(...)) -> np.ndarray:
+        """For Tiled's route, which serializes the array after this returns: the bytes stay reserved
+        until the array is freed."""
+        array, reservation = self.read_reserved(slice)
+        return reservation.until_freed(array)
+
+    def read_reserved(self, slice: Any = NDSlice(...)) -> tuple[np.ndarray, Reservation]:
+        """The array and its reservation in the server's budget, which the caller releases once sent."""
         shape = tuple(self._structure.shape)
         dtype = np.dtype(self._structure.data_type.to_numpy_dtype())
         read, after, out_shape = selection(slice, shape)
@@ -120,12 +131,15 @@ class SlicedHDF5Adapter:
         try:
             with self._open() as ds:
                 self._check(ds, shape, dtype)
+                chunk = filtered_chunk_bytes(ds)  # decompressed whole to read any part of it
+                check_chunk(chunk, self.locator)
                 if self.index is not None:
                     read = (self.index, *read)
-                array = ds[read] if read else ds[()]
+                with BUDGET.reserve(chunk, lambda: self.locator) if chunk else nullcontext():
+                    array = ds[read] if read else ds[()]
             if after and any(a != builtins.slice(None) for a in after):
                 array = np.ascontiguousarray(array[after])
-            return reservation.until_freed(np.asarray(array))
+            return np.asarray(array), reservation
         except BaseException:
             reservation.release()
             raise

@@ -31,7 +31,6 @@ import numpy as np
 from fastapi import HTTPException
 
 from ..catalog.lookup import ArrayRow, NodeLookup
-from ..contract import asset_path
 from ..h5open import FileRefused
 from .adapter import Refused, SlicedHDF5Adapter
 from .policy import ServerPolicy
@@ -44,7 +43,7 @@ _EXPECTED_SHAPE = re.compile(r"^[0-9]+(,[0-9]+)*$|^scalar$")  # Tiled's pattern 
 _INT = re.compile(r"^[0-9]+$")
 
 Send = Callable[[dict], Awaitable[None]]
-Answer = tuple[int, dict[str, str], Iterator[memoryview] | memoryview | bytes]
+Answer = tuple[int, dict[str, str], Any]  # status, headers, bytes | _Once | an iterator of chunks
 
 
 def _params(scope: dict) -> dict[str, str] | None:
@@ -116,7 +115,7 @@ class LocatorFastPath:
             ndslice = NDSlice.from_numpy_str(slice_text)
         except ValueError:
             return None  # Tiled answers with its own message
-        path = asset_path(row.data_uri)
+        path = row.path
         rule = self.policy.rule()
         try:
             rule.check(path)
@@ -127,7 +126,7 @@ class LocatorFastPath:
         adapter = SlicedHDF5Adapter(path, row.dataset, row.index, ArrayStructure.from_json(row.structure),
                                     opener=self.policy.opener(rule))
         try:
-            array = adapter.read(ndslice)
+            array, reservation = adapter.read_reserved(ndslice)
         except Refused:
             return None
         except HTTPException as exc:
@@ -135,9 +134,11 @@ class LocatorFastPath:
         if expected is not None:
             want = () if expected == "scalar" else tuple(int(x) for x in expected.split(","))
             if want != array.shape:
+                reservation.release()
                 return None  # Tiled produces its own error
         body = memoryview(np.ascontiguousarray(array)).cast("B")
-        return 200, {"content-type": "application/octet-stream", "content-length": str(body.nbytes)}, body
+        return 200, {"content-type": "application/octet-stream", "content-length": str(body.nbytes)}, \
+            _Once(body, reservation)
 
     async def _sweepcat(self, scope: dict) -> Answer | None:
         from .routes import MAX_PAGE, read_page, search_page
@@ -186,23 +187,38 @@ class LocatorFastPath:
         await _send(send, *answer)
 
 
-async def _send(send: Send, status: int, headers: dict[str, str], body: Iterator[memoryview] | memoryview | bytes) \
-        -> None:
-    if isinstance(body, (bytes, memoryview)):
-        headers = {**headers, "content-length": str(len(body) if isinstance(body, bytes) else body.nbytes)}
+class _Once:
+    """One array's bytes, sent in one message; its reservation ends once they are sent (or the client left)."""
+
+    def __init__(self, body: memoryview, reservation: Any):
+        self.body = body
+        self.reservation = reservation
+
+
+async def _send(send: Send, status: int, headers: dict[str, str], body: Iterator[memoryview] | _Once | bytes) -> None:
+    if isinstance(body, (bytes, _Once)):
+        data = body if isinstance(body, bytes) else body.body
+        headers = {**headers, "content-length": str(len(data) if isinstance(data, bytes) else data.nbytes)}
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": [*raw, (b"x-sweepcat-fast-path", b"1")]})
-    if isinstance(body, (bytes, memoryview)):
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-        return
-    done = object()
-    while True:
-        # Each chunk is produced (read from HDF5) in a worker thread, then sent before the next is read.
-        chunk = await anyio.to_thread.run_sync(next, body, done)
-        if chunk is done:
-            break
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    try:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*raw, (b"x-sweepcat-fast-path", b"1")]})
+        if isinstance(body, (bytes, _Once)):
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+            return
+        done = object()
+        while True:
+            # Each chunk is produced (read from HDF5) in a worker thread, then sent before the next is read.
+            chunk = await anyio.to_thread.run_sync(next, body, done)
+            if chunk is done:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:  # sent, or the client went away: what was reserved for it is released now
+        if isinstance(body, _Once):
+            body.reservation.release()
+        elif hasattr(body, "close"):
+            body.close()
 
 
 __all__ = ["LocatorFastPath"]

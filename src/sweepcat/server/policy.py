@@ -120,6 +120,17 @@ class Reservation:
 BUDGET = ByteBudget(INFLIGHT_BUDGET)
 
 
+def check_chunk(nbytes: int, what: str) -> None:
+    """A read that decompresses chunks of ``nbytes`` each: refused when one chunk exceeds the whole budget
+    (a tiny file can hold a chunk that decompresses to gigabytes)."""
+    if nbytes > BUDGET.limit:
+        raise HTTPException(status_code=413, detail={
+            "message": f"{what}: its data lies in compressed chunks of {nbytes:,} bytes each, more than the server "
+                       f"decompresses at once ({BUDGET.limit:,} bytes)",
+            "hint": "rechunk the file into smaller chunks (e.g. h5repack -l CHUNK=...), or raise "
+                    "SWEEPCAT_INFLIGHT_BUDGET on the server"})
+
+
 def response_limit() -> int:
     """Tiled's response size limit (the server's config sets it on Tiled's settings at start-up)."""
     from tiled.server.settings import get_settings
@@ -138,6 +149,19 @@ def check_response_size(nbytes: int) -> None:
 # --------------------------------------------------------------------------- readable storage
 
 
+_resolved: dict[str, str] = {}  # a configured root's path -> its real path, resolved once per process
+_resolved_lock = threading.Lock()
+
+
+def resolved(root: str) -> str:
+    """A configured root's real path, resolved the first time it is asked for and never again."""
+    with _resolved_lock:
+        real = _resolved.get(root)
+        if real is None:
+            real = _resolved[root] = os.path.realpath(root)
+        return real
+
+
 def configured_rule_for(path: str) -> FileRule:
     """Tiled's configured readable storage covering ``path`` (its lexical parents), as a file rule.
 
@@ -149,14 +173,14 @@ def configured_rule_for(path: str) -> FileRule:
     from tiled.utils import ensure_uri
 
     roots = []
-    for parent in PurePosixPath(path).parents:
+    for parent in PurePosixPath("/" + path.lstrip("/")).parents:  # '//x' and '/x' name one file
         try:
             storage = get_storage(ensure_uri(str(parent)))
         except KeyError:
             continue
         if isinstance(storage, FileStorage):
-            roots.append(str(storage.path))
-    return FileRule.under(*roots)
+            roots.append(resolved(str(storage.path)))
+    return FileRule.of(roots)
 
 
 class ServerPolicy:
@@ -165,11 +189,11 @@ class ServerPolicy:
     def __init__(self, catalog: CatalogURI, configured_roots: Iterable[str], *, api_key: str | None,
                  allow_anonymous: bool, authenticated: bool = False):
         self.catalog = catalog
-        self.configured = tuple(os.path.realpath(r) for r in configured_roots)
+        self.configured = tuple(resolved(str(r)) for r in configured_roots)
         self.api_key = api_key
         self.allow_anonymous = allow_anonymous
         self.authenticated = authenticated
-        self._rule = FileRule.under(*self.configured)
+        self._rule = FileRule.of(self.configured)
         self._rule_checked = 0.0
         self._lock = threading.Lock()
 
@@ -200,7 +224,7 @@ class ServerPolicy:
                         self.catalog.display, exc, ", ".join(self._rule.roots))
             self._rule_checked = time.monotonic()
             return
-        self._rule = FileRule.under(*self.configured, *recorded)
+        self._rule = FileRule.of([*self.configured, *recorded])  # recorded roots were resolved when recorded
         self._rule_checked = time.monotonic()
 
     def opener(self, rule: FileRule | None = None) -> Opener:
@@ -220,12 +244,11 @@ class ServerPolicy:
 
         if access_policy is not None or self.authenticated:
             return None
-        keys: list[str] = []
-        query = scope.get("query_string", b"").decode("latin-1")
-        if "api_key=" in query:
-            from urllib.parse import parse_qsl
+        from urllib.parse import parse_qsl
 
-            keys += [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "api_key"]
+        # Names decoded as Starlette decodes them: `api%5Fkey` is `api_key`.
+        query = scope.get("query_string", b"").decode("latin-1")
+        keys = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "api_key"]
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 auth = value.decode("latin-1")
@@ -261,7 +284,7 @@ def for_app(app: Any) -> ServerPolicy:
     from tiled.server.settings import get_settings
 
     context = app.state.root_tree.context
-    roots = [str(s.path) for s in context.readable_storage.values() if isinstance(s, FileStorage)]
+    roots = [str(s.path) for s in context.readable_storage.values() if isinstance(s, FileStorage)]  # resolved once
     settings = get_settings()
     url = context.engine.url.render_as_string(hide_password=False)
     policy = ServerPolicy(parse_catalog(url), roots, api_key=settings.single_user_api_key,
@@ -276,7 +299,11 @@ def for_app(app: Any) -> ServerPolicy:
 
 @dataclass
 class Access:
-    """A request that passed Tiled's authentication, with what Tiled resolved about its caller."""
+    """A request that passed Tiled's authentication, with what Tiled resolved about its caller.
+
+    With an access policy configured, the caller sees a dataset as the policy shows it: the
+    Hamiltonians Tiled lists for them (``visible_keys``), and only artifacts Tiled's own node lookup
+    lets them see or read (``check_artifacts``), as Tiled's routes apply the policy node by node."""
 
     policy: ServerPolicy
     request: Request
@@ -284,40 +311,87 @@ class Access:
     authn_access_tags: Any
     authn_scopes: Any
     session_state: dict
+    dataset: str | None = None
+    entry: Any = None  # the dataset's Tiled adapter, filtered for the caller (with an access policy only)
 
-    async def check_dataset(self, dataset: str, scopes: list[str]) -> None:
-        """The access policy (if configured) on the dataset node, through Tiled's node-level lookup.
+    @property
+    def access_policy(self) -> Any:
+        return getattr(self.request.app.state, "access_policy", None)
 
-        Raises Tiled's own 404/403 for nodes the caller may not see or use, and 403 when the policy lets
-        the caller see only part of the dataset (the bulk routes serve whole datasets only)."""
-        access_policy = getattr(self.request.app.state, "access_policy", None)
-        if access_policy is None:
-            return  # Tiled's check_scopes on the route decided
+    def _metrics(self) -> Any:
         from collections import defaultdict
 
-        from tiled.access_control.access_policies import NO_ACCESS
+        return getattr(self.request.state, "metrics", None) or defaultdict(lambda: defaultdict(float))
+
+    async def check_dataset(self, dataset: str, scopes: list[str]) -> None:
+        """The dataset node through Tiled's node-level lookup: Tiled's own 404/403 when the policy hides it
+        or denies ``scopes`` on it."""
+        if self.access_policy is None:
+            return  # Tiled's check_scopes on the route decided
         from tiled.server.dependencies import get_entry
         from tiled.structures.core import StructureFamily
 
-        metrics = getattr(self.request.state, "metrics", None) or defaultdict(lambda: defaultdict(float))
-        entry = await get_entry(dataset, scopes, self.principal, self.authn_access_tags, self.authn_scopes,
-                                self.request.app.state.root_tree, self.session_state, metrics,
-                                {StructureFamily.container}, access_policy)
-        filters = await access_policy.filters(entry, self.principal, self.authn_access_tags, self.authn_scopes,
-                                              set(scopes))
-        if filters is NO_ACCESS or filters:
-            raise HTTPException(status_code=403, detail={
-                "message": f"this server's access policy lets you see only part of dataset {dataset!r}; "
-                           "sweepcat's bulk routes serve whole datasets only",
-                "hint": "read single nodes through Tiled's own routes (/api/v1/array/full/...), which apply the "
-                        "policy node by node, or ask the operator for access to the whole dataset"})
+        self.dataset = dataset
+        self.entry = await get_entry(dataset, scopes, self.principal, self.authn_access_tags, self.authn_scopes,
+                                     self.request.app.state.root_tree, self.session_state, self._metrics(),
+                                     {StructureFamily.container}, self.access_policy)
 
-    async def visible(self, dataset: str, scopes: list[str]) -> bool:
+    async def visible_keys(self) -> frozenset[str] | None:
+        """The dataset's Hamiltonians the caller may see (Tiled's filtered listing); None: no policy, all."""
+        if self.entry is None:
+            return None
+        return frozenset(await self.entry.keys_range(0, None))
+
+    async def check_artifacts(self, keys: list[str], type_: str, scope: str) -> None:
+        """Each ``<key>/<type_>`` must exist for the caller (else 404) and allow ``scope`` (else 403), decided
+        by the policy on that node, as Tiled decides it for its own routes."""
+        if self.entry is None:
+            return
+        from tiled.server.core import NoEntry
+        from tiled.server.utils import filter_for_access
+        from tiled.utils import BrokenLink
+
+        for key in keys:
+            path = f"{self.dataset}/{key}/{type_}"
+            try:
+                ham = await self.entry.lookup_adapter([key])
+                ham = await filter_for_access(ham, self.access_policy, self.principal, self.authn_access_tags,
+                                              self.authn_scopes, ["read:metadata"], self._metrics())
+                node = await ham.lookup_adapter([type_])
+            except (NoEntry, BrokenLink):
+                raise HTTPException(status_code=404, detail={
+                    "message": f"{path}: no such node for you (the server's access policy)",
+                    "hint": f"narrow the query to Hamiltonians whose {type_!r} you may see"}) from None
+            allowed = await self.access_policy.allowed_scopes(node, self.principal, self.authn_access_tags,
+                                                             self.authn_scopes)
+            if scope not in allowed:
+                raise HTTPException(status_code=403, detail={
+                    "message": f"{path}: the server's access policy does not give you {scope!r} on it",
+                    "hint": "ask the operator for access, or narrow the query to what you may read"})
+
+    async def sees(self, dataset: str) -> bool:
+        """Whether the access policy (if any) lets the caller see the dataset node at all."""
+        if self.access_policy is None:
+            return True
+        other = Access(self.policy, self.request, self.principal, self.authn_access_tags, self.authn_scopes,
+                       self.session_state)
         try:
-            await self.check_dataset(dataset, scopes)
+            await other.check_dataset(dataset, ["read:metadata"])
         except HTTPException:
             return False
         return True
+
+    async def hidden_artifacts(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of (key, type) pairs, those the caller may not see (for listings, which leave them out)."""
+        hidden: set[tuple[str, str]] = set()
+        if self.entry is None:
+            return hidden
+        for key, type_ in pairs:
+            try:
+                await self.check_artifacts([key], type_, "read:metadata")
+            except HTTPException:
+                hidden.add((key, type_))
+        return hidden
 
 
 def _access_dependency(scopes: list[str], per_dataset: bool) -> Any:

@@ -31,9 +31,9 @@ from ..catalog.schema import CatalogURI
 from ..contract import decode_batch
 from ..errors import ContractError, SweepcatError
 from ..h5open import FileRefused
-from ..h5read import SourceChanged, SourceMissing, check_stack, stream_stacked
+from ..h5read import SourceChanged, SourceInvalid, SourceMissing, check_stack, stream_stacked
 from ..query import QueryError
-from .policy import BUDGET, Access, Reservation, ServerPolicy, dataset_access, server_access
+from .policy import BUDGET, Access, Reservation, ServerPolicy, check_chunk, dataset_access, server_access
 
 log = logging.getLogger("sweepcat.server")
 router = APIRouter(prefix="/sweepcat")
@@ -59,7 +59,7 @@ def read_error(exc: SweepcatError) -> HTTPException:
     """HTTP status of a refused or failed read: 403 outside the file rule, 404 gone, 422 changed."""
     if isinstance(exc, FileRefused):
         return _error(SweepcatError(f"{exc.path}: refused: {exc.reason}", exc.hint), 403)
-    if isinstance(exc, SourceChanged):
+    if isinstance(exc, (SourceChanged, SourceInvalid)):
         return _error(exc, 422)
     return _error(exc, 404)
 
@@ -77,14 +77,7 @@ async def info(access: Access = Depends(server_access(READ_METADATA))) -> dict[s
 async def register(request: Request, update: bool = Query(False), verify_all: bool = Query(False),
                    move_root: bool = Query(False),
                    access: Access = Depends(server_access(REGISTER_SCOPES))) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
-        raise HTTPException(status_code=413, detail=f"batch of {declared} bytes exceeds the limit of "
-                            f"{MAX_BATCH_BYTES} bytes; send smaller batches (sweepcat register --batch-size)")
-    body = await request.body()
-    if len(body) > MAX_BATCH_BYTES:
-        raise HTTPException(status_code=413, detail=f"batch of {len(body)} bytes exceeds the limit of "
-                            f"{MAX_BATCH_BYTES} bytes; send smaller batches (sweepcat register --batch-size)")
+    body = await _bounded_body(request, MAX_BATCH_BYTES)
     try:
         manifests = decode_batch(body)
     except SweepcatError as exc:
@@ -111,6 +104,22 @@ async def register(request: Request, update: bool = Query(False), verify_all: bo
     except SweepcatError as exc:
         raise _error(exc, 409) from None
     return dataclasses.asdict(result)
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, read as it arrives and refused (413) once past ``limit``, declared or not."""
+    too_big = HTTPException(status_code=413, detail=f"batch larger than the limit of {limit} bytes; send smaller "
+                                                    "batches (sweepcat register --batch-size)")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _check_register_target(access: Access, dataset: str) -> None:
@@ -168,11 +177,15 @@ def _dataset(cache: IndexCache, dataset: str) -> DatasetIndex:
         raise _error(exc, 404) from None
 
 
-def _rows(index: DatasetIndex, query: str | None) -> np.ndarray:
+def _rows(index: DatasetIndex, query: str | None, visible: frozenset[str] | None = None) -> np.ndarray:
+    """Rows matching ``query``, among the Hamiltonians the caller may see (all when ``visible`` is None)."""
     try:
-        return index.select(query)
+        rows = index.select(query)
     except QueryError as exc:
         raise _error(exc, 400) from None
+    if visible is not None:
+        rows = rows[np.isin(index.table.key[rows], np.asarray(sorted(visible), dtype=object))]
+    return rows
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:
@@ -191,12 +204,13 @@ async def datasets(access: Access = Depends(server_access(READ_METADATA))) -> li
     listed = await _in_thread(index_cache(access.policy.catalog).datasets)
     if getattr(access.request.app.state, "access_policy", None) is None:
         return listed
-    return [d for d in listed if await access.visible(d["key"], READ_METADATA)]
+    return [d for d in listed if await access.sees(d["key"])]
 
 
-def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, limit: int,
+                visible: frozenset[str] | None = None) -> dict[str, Any]:
     index = _dataset(index_cache(policy.catalog), dataset)
-    rows = _rows(index, q)
+    rows = _rows(index, q, visible)
     page = rows[offset:offset + limit]
     return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
             "keys": index.table.key[page].tolist()}
@@ -207,17 +221,19 @@ async def search(dataset: str, q: str | None = Query(None), offset: int = Query(
                  limit: int = Query(100, ge=0, le=MAX_PAGE),
                  access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
     """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``)."""
-    return await _in_thread(search_page, access.policy, dataset, q, offset, limit)
+    return await _in_thread(search_page, access.policy, dataset, q, offset, limit, await access.visible_keys())
 
 
 @router.get("/facets/{dataset}")
 async def facets(dataset: str, param: str, q: str | None = Query(None), bins: int = Query(20, ge=1, le=1000),
                  access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
     """min, max and a histogram of ``param`` over the Hamiltonians matching ``q`` (counts for text)."""
+    visible = await access.visible_keys()
+
     def run() -> dict[str, Any]:
         index = _dataset(index_cache(access.policy.catalog), dataset)
         try:
-            return index.facets(_rows(index, q), param, bins)
+            return index.facets(_rows(index, q, visible), param, bins)
         except QueryError as exc:
             raise _error(exc, 400) from None
     return await _in_thread(run)
@@ -228,9 +244,11 @@ async def params_route(dataset: str, q: str | None = Query(None), offset: int = 
                        limit: int | None = Query(None, ge=0),
                        access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching Hamiltonian's parameters (or a page of them), as one Arrow table."""
+    visible = await access.visible_keys()
+
     def run() -> Response:
         index = _dataset(index_cache(access.policy.catalog), dataset)
-        rows = _rows(index, q)
+        rows = _rows(index, q, visible)
         return _arrow(index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit]))
     return await _in_thread(run)
 
@@ -240,19 +258,31 @@ async def locators(dataset: str, q: str | None = Query(None), type: str | None =
                    access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table.
 
-    A locator whose file lies outside readable storage is never served: the request is refused, naming it."""
-    def run() -> Response:
+    A locator whose file lies outside readable storage is never served: the request is refused, naming it.
+    With an access policy, artifacts the caller may not see are left out, as Tiled's listings leave them."""
+    visible = await access.visible_keys()
+
+    def run() -> pa.Table:
         cache = index_cache(access.policy.catalog)
         index = _dataset(cache, dataset)
-        rows = _rows(index, q)
+        rows = _rows(index, q, visible)
         try:
             outside = index.outside(cache.db(), rows, type, access.policy.rule())
             if outside is not None:
                 raise read_error(FileRefused(outside, "lies outside readable storage (its real path leaves it)"))
-            return _arrow(index.locator_table(cache.db(), rows, type))
+            return index.locator_table(cache.db(), rows, type)
         except QueryError as exc:
             raise _error(exc, 400) from None
-    return await _in_thread(run)
+        except SweepcatError as exc:
+            raise read_error(exc) from None
+
+    table = await _in_thread(run)
+    if visible is not None and table.num_rows:
+        pairs = list(zip(table.column("key").to_pylist(), table.column("type").to_pylist()))
+        hidden = await access.hidden_artifacts(pairs)
+        if hidden:
+            table = table.filter(pa.array([p not in hidden for p in pairs]))
+    return _arrow(table)
 
 
 @dataclass
@@ -273,20 +303,30 @@ def _streamed(chunks: Iterator[memoryview], reservation: Reservation, what: str)
         reservation.release()
 
 
-def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int,
-              limit: int | None) -> ReadPage:
-    """Check everything a client must fix (query, type, size, every source under the file rule) and
-    reserve the bytes; then the body streams in chunks through one buffer."""
+@dataclass
+class ReadPlan:
+    """What a stacked read will return: checked for the query and its size, not yet for its files."""
+
+    dataset: str
+    type: str
+    offset: int
+    total: int  # rows matching the query
+    keys: list[str]  # of the page, in order
+    stack: Any
+
+
+def plan_read(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int, limit: int | None,
+              visible: frozenset[str] | None = None) -> ReadPlan:
     cache = index_cache(policy.catalog)
     index = _dataset(cache, dataset)
-    rows = _rows(index, q)
+    rows = _rows(index, q, visible)
     page = rows[offset:] if limit is None else rows[offset:offset + limit]
     try:
         stack = index.stack(cache.db(), page, type_)
     except QueryError as exc:
         raise _error(exc, 400) from None
     except SweepcatError as exc:
-        raise _error(exc, 404) from None
+        raise read_error(exc) from None
     total = len(stack) * stack.row_bytes
     if total > MAX_READ_BYTES:
         fit = MAX_READ_BYTES // max(1, stack.row_bytes)
@@ -299,18 +339,33 @@ def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, off
             "message": f"{len(page)} arrays of {stack.row_bytes:,} bytes exceed the {MAX_READ_BYTES:,}-byte response "
                        "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
             "page_limit": fit})
+    return ReadPlan(dataset, type_, offset, len(rows), index.table.key[page].tolist(), stack)
+
+
+def start_read(policy: ServerPolicy, plan: ReadPlan) -> ReadPage:
+    """Every source checked under the file rule (dtype, shape; compressed chunks within the budget) and the
+    bytes reserved, before the first byte; then the body streams in chunks through one buffer."""
+    stack = plan.stack
     opener = policy.opener()
     try:
-        check_stack(stack, opener)
+        chunk_bytes = check_stack(stack, opener)
     except (FileRefused, SourceChanged, SourceMissing) as exc:
         raise read_error(exc) from None
-    chunk = max(min(total, STREAM_CHUNK_BYTES), stack.row_bytes)
-    what = f"read of {dataset}/{type_} rows {offset}..{offset + len(page)}"
-    reservation = BUDGET.reserve(min(chunk, total), what)
-    headers = {"x-sweepcat-shape": ",".join(map(str, (len(page), *stack.shape))),
-               "x-sweepcat-dtype": np.dtype(stack.dtype).str, "x-sweepcat-total": str(len(rows)),
-               "x-sweepcat-offset": str(offset), "content-length": str(total)}
-    return ReadPage(headers, _streamed(stream_stacked(stack, opener, chunk), reservation, what))
+    check_chunk(chunk_bytes, f"{plan.dataset}/{plan.type}")
+    total = len(stack) * stack.row_bytes
+    buffer = max(min(total, STREAM_CHUNK_BYTES), stack.row_bytes)
+    what = f"read of {plan.dataset}/{plan.type} rows {plan.offset}..{plan.offset + len(stack)}"
+    reservation = BUDGET.reserve(min(buffer, total) + chunk_bytes, what)
+    headers = {"x-sweepcat-shape": ",".join(map(str, (len(stack), *stack.shape))),
+               "x-sweepcat-dtype": np.dtype(stack.dtype).str, "x-sweepcat-total": str(plan.total),
+               "x-sweepcat-offset": str(plan.offset), "content-length": str(total)}
+    return ReadPage(headers, _streamed(stream_stacked(stack, opener, buffer), reservation, what))
+
+
+def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int,
+              limit: int | None) -> ReadPage:
+    """A stacked read without an access policy (the fast path's case): plan, then start."""
+    return start_read(policy, plan_read(policy, dataset, type_, q, offset, limit))
 
 
 @router.get("/read/{dataset}")
@@ -322,5 +377,7 @@ async def read(dataset: str, type: str, q: str | None = Query(None), offset: int
     Rows are grouped by file and read in index order, streamed as they are read. Responses above the
     size limit are refused with the page size to use; every file is checked before the first byte.
     """
-    page = await _in_thread(read_page, access.policy, dataset, type, q, offset, limit)
+    plan = await _in_thread(plan_read, access.policy, dataset, type, q, offset, limit, await access.visible_keys())
+    await access.check_artifacts(plan.keys, type, "read:data")
+    page = await _in_thread(start_read, access.policy, plan)
     return StreamingResponse(page.chunks, media_type="application/octet-stream", headers=page.headers)
