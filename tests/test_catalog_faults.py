@@ -37,6 +37,7 @@ from sweepcat.cli import app
 from sweepcat.contract import read_manifests
 from sweepcat.demodata import Scale, write_batched
 from sweepcat.errors import ContractError
+from tests.support import paused
 from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
 from tests.test_catalog import expected_array, manifests_of
 
@@ -651,11 +652,6 @@ def test_serve_without_api_key_prints_a_generated_key_that_works(small_catalog: 
 # --------------------------------------------------------------------------- 2. SIGKILL during ingest
 
 
-def _start_cli_ingest(manifests: Path, catalog: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweepcat.cli", "ingest", str(manifests), "--catalog", catalog],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=log.parent)
-
-
 def _in_transaction_sqlite(catalog: str, since_ns: int) -> bool:
     """A write transaction begun after ``since_ns`` is open.
 
@@ -680,33 +676,16 @@ def _journal_is_hot(catalog: str) -> bool:
         return False
 
 
-def _kill_sqlite_ingest(manifests: Path, catalog: str, log: Path, *, after_start: float | None = None,
-                        after_write_began: float | None = None, at_commit: bool = False) -> bool:
-    """SIGKILL a CLI ingest; True when the kill landed inside the write transaction."""
+def _kill_at(manifests: Path, catalog: str, log: Path, phase: str, done: int = 0) -> bool:
+    """SIGKILL an ingest stopped at ``phase``; True when the kill landed inside the write transaction."""
     started = time.time_ns()
-    proc = _start_cli_ingest(manifests, catalog, log)
+    proc = paused.start("ingest", str(manifests), catalog, phase, str(done), log=log)
     try:
-        if after_start is not None:
-            time.sleep(after_start)
-        else:
-            deadline = time.monotonic() + 60
-            if at_commit:
-                def ready() -> bool:
-                    return _journal_is_hot(catalog)
-            else:
-                def ready() -> bool:
-                    return _in_transaction_sqlite(catalog, started)
-            while not ready():
-                assert proc.poll() is None, f"ingest ended before the moment to kill it:\n{log.read_text()}"
-                assert time.monotonic() < deadline, "ingest never got there"
-                time.sleep(0 if at_commit else 0.002)
-            if after_write_began:
-                time.sleep(after_write_began)
-        inside = _in_transaction_sqlite(catalog, started)
-        assert proc.poll() is None, f"ingest finished before the kill:\n{log.read_text()}"
-        os.kill(proc.pid, signal.SIGKILL)
+        paused.stopped(proc, log)
+        inside = _in_transaction_sqlite(catalog, started) if catalog.endswith(".db") else bool(
+            _pg_write_lock_holders(catalog))
     finally:
-        proc.wait()
+        paused.kill(proc)
     assert proc.returncode == -signal.SIGKILL
     return inside
 
@@ -741,6 +720,10 @@ def _assert_big_complete(uri: str, result=None) -> None:
     assert axes == 3  # /_axes/<BIG>/<3 axes>
 
 
+KILL_POINTS = [("checking", 0), ("verifying files", 0), ("hamiltonians", 1000), ("artifacts", 1000),
+               ("indexing", 0), ("committing", 0)]
+
+
 def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, demo_manifests: Path,
                                                                big_manifests: Path):
     catalog = str(tmp_path / "kill.db")
@@ -748,15 +731,13 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
     before = sqlite_snapshot(catalog)
     assert before["top"] == ["NiPS3_per_entity", "_axes"]
     inside = []
-    kills = [dict(after_start=0.5), dict(after_start=1.5), dict(after_write_began=0.0),
-             dict(after_write_began=0.2), dict(after_write_began=0.45)]
-    for n, when in enumerate(kills):
+    for n, (phase, done) in enumerate(KILL_POINTS):
         # Each run starts from what the previous kill left behind.
-        inside.append(_kill_sqlite_ingest(big_manifests, catalog, tmp_path / f"kill{n}.log", **when))
+        inside.append(_kill_at(big_manifests, catalog, tmp_path / f"kill{n}.log", phase, done))
         shot, integrity, fk = _probe(catalog, tmp_path / f"probe{n}")
-        assert shot == before, f"after kill {when}"
+        assert shot == before, f"after a kill at {phase}"
         assert integrity == [("ok",)] and fk == []
-    assert inside[2:] == [True, True, True], inside  # those kills hit the open write transaction
+    assert inside == [False, False, True, True, True, True], inside  # the last four: inside the transaction
 
     result = ingest(read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet",
                                    big_manifests / f"{BIG}_artifacts.parquet"), catalog)
@@ -770,14 +751,34 @@ def test_sigkill_during_ingest_leaves_sqlite_catalog_as_it_was(tmp_path: Path, d
 
 def test_sigkill_during_commit_then_ingest_again(runner, tmp_path: Path, demo_manifests: Path,
                                                  big_manifests: Path):
-    """Killed while COMMIT writes the database file: a hot journal is left; the next ingest must recover it."""
+    """Killed while COMMIT writes the database file: a hot journal is left; the next ingest must recover it.
+
+    The ingest stops itself just before COMMIT, is let go, and is killed as soon as its journal turns hot
+    (synced, database pages being written): a state seen, not a delay guessed. A COMMIT too quick to be
+    seen hot is tried again, from the same catalog."""
     catalog = str(tmp_path / "commit.db")
     ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), catalog)
     before = sqlite_snapshot(catalog)
-    assert _kill_sqlite_ingest(big_manifests, catalog, tmp_path / "kill.log", at_commit=True)
+    for attempt in range(5):
+        log = tmp_path / f"kill{attempt}.log"
+        proc = paused.start("ingest", str(big_manifests), catalog, "committing", "0", log=log)
+        paused.stopped(proc, log)
+        paused.resume(proc)
+        while proc.poll() is None and not _journal_is_hot(catalog):
+            pass
+        caught = proc.poll() is None and _journal_is_hot(catalog)
+        if caught:
+            paused.kill(proc)
+            break
+        proc.wait()
+        assert proc.returncode == 0, log.read_text()
+        from sweepcat.catalog.delete import execute_delete, plan_delete  # the commit won: undo it, try again
+
+        execute_delete(parse_catalog(catalog), plan_delete(parse_catalog(catalog), BIG))
+    assert caught, "COMMIT was never seen in progress in 5 tries"
     assert _journal_is_hot(catalog)
     shot, integrity, fk = _probe(catalog, tmp_path / "probe")
-    assert shot == before
+    assert shot["top"] == before["top"] and shot["counts"]["nodes"] == before["counts"]["nodes"]
     assert integrity == [("ok",)] and fk == []
     # The next ingest, straight away: as after any other kill, it completes.
     r = runner.invoke(app, ["ingest", str(big_manifests), "--catalog", catalog])
@@ -806,25 +807,14 @@ def test_sigkill_during_ingest_leaves_postgres_catalog_as_it_was(postgres, tmp_p
     uri = postgres.create_database("faults_sigkill")
     ingest(manifests_of(demo_manifests, "NiPS3_per_entity"), uri)
     before = pg_snapshot(uri)
-    log = tmp_path / "kill.log"
-    proc = _start_cli_ingest(big_manifests, uri, log)
-    try:
-        deadline = time.monotonic() + 60
-        while not _pg_write_lock_holders(uri):  # the ingest transaction has started writing
-            assert proc.poll() is None, f"ingest ended before writing:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "ingest never took its lock"
-            time.sleep(0.005)
-        time.sleep(0.2)
-        assert _pg_write_lock_holders(uri), "the transaction ended before the kill"
-        assert proc.poll() is None
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    deadline = time.monotonic() + 30
-    while _pg_backends(uri) and time.monotonic() < deadline:  # the server notices the dead client
-        time.sleep(0.05)
-    assert _pg_backends(uri) == 0
-    assert pg_snapshot(uri) == before
+    for n, (phase, done) in enumerate(KILL_POINTS):
+        inside = _kill_at(big_manifests, uri, tmp_path / f"kill{n}.log", phase, done)
+        assert inside == (phase not in ("checking", "verifying files")), phase  # the write lock, held
+        deadline = time.monotonic() + 30
+        while _pg_backends(uri) and time.monotonic() < deadline:  # the server notices the dead client
+            time.sleep(0.01)
+        assert _pg_backends(uri) == 0
+        assert pg_snapshot(uri) == before, f"after a kill at {phase}"
 
     result = ingest(read_manifests(big_manifests / f"{BIG}_hamiltonians.parquet",
                                    big_manifests / f"{BIG}_artifacts.parquet"), uri)
@@ -857,23 +847,21 @@ def test_running_server_answers_during_ingest_and_sees_the_commit(tmp_path: Path
         assert BIG not in client
         log = tmp_path / "ingest.log"
         started = time.time_ns()
-        proc = _start_cli_ingest(big_manifests, catalog, log)
-        reads = reads_in_tx = 0
+        proc = paused.start("ingest", str(big_manifests), catalog, "artifacts", "1000", log=log)
         try:
-            while proc.poll() is None:
-                in_tx = _in_transaction_sqlite(catalog, started)
+            paused.stopped(proc, log)  # in the middle of its transaction, holding the write lock
+            assert _in_transaction_sqlite(catalog, started)
+            for _ in range(5):
                 node = client["NiPS3_per_entity"][key]
                 assert node.metadata["huid"] == huid
                 np.testing.assert_array_equal(node["rixs"].read(), want)
-                reads += 1
-                reads_in_tx += in_tx and _in_transaction_sqlite(catalog, started)
+            assert BIG not in client  # nothing of the open transaction shows
+            paused.resume(proc)
+            proc.wait(timeout=240)
         finally:
             if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+                paused.kill(proc)
         assert proc.returncode == 0, log.read_text()
-        assert f"{BIG_HAM} Hamiltonians and {BIG_ART} artifacts added" in log.read_text()
-        assert reads >= 5 and reads_in_tx >= 1, (reads, reads_in_tx)
         # The same client sees the new dataset once committed.
         assert BIG in client
         ds = client[BIG]

@@ -19,7 +19,8 @@ from sweepcat.catalog.ingest import ingest
 from sweepcat.client.register import register
 from sweepcat.contract import encode_batch
 from sweepcat.errors import SweepcatError
-from tests.support.servers import API_KEY, clean_env, free_port, sweepcat_server, wait_ready
+from tests.support import paused
+from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
 from tests.test_catalog import manifests_of
 
 
@@ -141,28 +142,22 @@ def test_killed_client_resumes_to_the_one_shot_result(tmp_path: Path, demo_manif
     catalog = seed_catalog(tmp_path / "c.db", demo_manifests)
     only_b = _only(demo_manifests, tmp_path, "NiPS3_batched")
     with sweepcat_server(catalog, extra_args=["--readable", str(demo_root)]) as url:
-        proc = _cli_register(url, only_b)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill once some, not all, batches are in
-            con = sqlite3.connect(catalog)
-            n = con.execute("SELECT count(*) FROM nodes n JOIN nodes p ON n.parent = p.id "
-                            "WHERE p.key = 'NiPS3_batched'").fetchone()[0]
-            con.close()
-            if n >= 16:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        log = tmp_path / "register.log"
+        proc = paused.start("register", str(only_b), url, API_KEY, "2", log=log)  # stops after 2 of 32 batches
+        paused.stopped(proc, log)
+        paused.kill(proc)
         partial = snapshot(catalog, "NiPS3_batched")["hams"]
-        assert 16 <= len(partial) < 256
+        assert len(partial) == 16
         done = _cli_register(url, only_b)
         out, _ = done.communicate(timeout=120)
         assert done.returncode == 0, out
-        assert "already present" in out
+        assert "16 already present" in out
     assert snapshot(catalog, "NiPS3_batched") == snapshot(str(reference), "NiPS3_batched")
 
 
 def test_client_rides_out_a_server_restart(tmp_path: Path, demo_manifests: Path, demo_root: Path):
+    """The server stops after the first batch and comes back only after the client has failed to reach it:
+    the client retries and ends with the one-shot result. Every step waits on an event, none on a delay."""
     reference = tmp_path / "reference.db"
     ingest(manifests_of(demo_manifests, "NiPS3_batched"), str(reference))
     catalog = seed_catalog(tmp_path / "c.db", demo_manifests)
@@ -172,6 +167,16 @@ def test_client_rides_out_a_server_restart(tmp_path: Path, demo_manifests: Path,
     env = clean_env(SWEEPCAT_API_KEY=API_KEY)
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_batch, server_down, retried = threading.Event(), threading.Event(), threading.Event()
+
+    def progress(hams: int, nodes: int) -> None:
+        if not first_batch.is_set():
+            first_batch.set()
+            assert server_down.wait(60), "the server never went down"
+
+    def on_retry(attempt: int, wait: float, what: str) -> None:
+        retried.set()
+
     try:
         wait_ready(url, server)
         outcome: dict = {}
@@ -179,24 +184,59 @@ def test_client_rides_out_a_server_restart(tmp_path: Path, demo_manifests: Path,
         def run() -> None:
             try:
                 outcome["result"] = register(manifests_of(demo_manifests, "NiPS3_batched"), url, API_KEY,
-                                             batch_size=8)
+                                             batch_size=8, progress=progress, on_retry=on_retry)
             except Exception as exc:  # surfaced by the assertion below
                 outcome["error"] = exc
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(1.0)
-        server.terminate()
-        server.wait(timeout=15)
-        time.sleep(1.0)
+        assert first_batch.wait(60), "no batch went in"
+        stop(server)
+        server_down.set()
+        assert retried.wait(60), "the client never retried"
         server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         worker.join(timeout=180)
         assert "error" not in outcome, outcome.get("error")
         assert outcome["result"].retries >= 1
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        stop(server)
     assert snapshot(catalog, "NiPS3_batched") == snapshot(str(reference), "NiPS3_batched")
+
+
+def test_retry_policy_backs_off_and_gives_up_with_a_sentence():
+    """The retry policy without a server: which answers are retried, how long it waits, when it stops."""
+    import random
+
+    import httpx
+
+    from sweepcat.client.register import RetryPolicy, _Http
+
+    answers = iter([httpx.ConnectError("refused"), httpx.Response(503), httpx.Response(502), httpx.Response(200)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    slept, told = [], []
+    http = _Http("http://sweepcat.invalid", "k", retry=RetryPolicy(attempts=5, first_delay=0.5, max_delay=1.0),
+                 transport=httpx.MockTransport(handler), sleep=slept.append, rng=random.Random(0),
+                 on_retry=lambda n, wait, what: told.append((n, what)))
+    assert http.request("GET", "/x").status_code == 200
+    assert [n for n, _ in told] == [1, 2, 3] and "ConnectError" in told[0][1] and told[1][1] == "HTTP 503"
+    assert len(slept) == 3 and 0.5 <= slept[0] <= 0.75 and 1.0 <= slept[1] <= 1.5 and 1.0 <= slept[2] <= 1.5
+    assert http.retries == 3
+
+    http = _Http("http://sweepcat.invalid", "k", retry=RetryPolicy(attempts=3),
+                 transport=httpx.MockTransport(lambda r: httpx.Response(503)), sleep=lambda s: None)
+    with pytest.raises(SweepcatError, match="did not answer after 3 attempts") as info:
+        http.request("GET", "/x")
+    assert "run the same command again" in str(info.value)
+    for status in (400, 401, 404, 413, 500):  # answers a retry would not change
+        http = _Http("http://sweepcat.invalid", "k", transport=httpx.MockTransport(lambda r, s=status: httpx.Response(s)),
+                     sleep=lambda s: pytest.fail("slept"))
+        assert http.request("GET", "/x").status_code == status
 
 
 def test_two_clients_at_once(tmp_path: Path, demo_manifests: Path, demo_root: Path):

@@ -309,7 +309,10 @@ def register_cmd(
 
                 result = register(m, url, api_key, update=update, prune=prune, batch_size=batch_size,
                                   workers=workers, force_stock=stock, progress=advance,
-                                  say=lambda msg: out.print(msg, markup=False, highlight=False))
+                                  say=lambda msg: out.print(msg, markup=False, highlight=False),
+                                  on_retry=lambda n, wait, what: err.print(
+                                      f"{url}: {what}; retrying in {wait:.1f} s (attempt {n + 1})",
+                                      markup=False, highlight=False))
             out.print(str(result), markup=False, highlight=False)
 
 

@@ -46,3 +46,7 @@ class ContractError(SweepcatError):
 
 class SourceInvalid(SweepcatError):
     """A node's data source is not one sweepcat writes (its parameters, its asset URI): refused, never guessed."""
+
+
+class DatasetChanged(SweepcatError):
+    """A dataset changed between the query that found rows and a read of them (HTTP 409)."""

@@ -49,6 +49,10 @@ class Database:
     def begin(self) -> None:
         raise NotImplementedError
 
+    def begin_read(self) -> None:
+        """A read-only snapshot: every statement until ``rollback`` sees the same committed state."""
+        raise NotImplementedError
+
     def commit(self) -> None:
         raise NotImplementedError
 
@@ -79,7 +83,8 @@ class SQLiteDatabase(Database):
 
     def __init__(self, path: str):
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the write lock up front).
-        self.con = sqlite3.connect(path, isolation_level=None, timeout=60)
+        # check_same_thread=False: a pooled connection moves between threads, one user at a time.
+        self.con = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
         self.con.execute("PRAGMA foreign_keys=ON")  # Tiled's server sets it on every connection too
         self.con.execute("PRAGMA busy_timeout=60000")
         # A bulk transaction touches hundreds of MB of b-tree pages: keep them in memory.
@@ -108,6 +113,9 @@ class SQLiteDatabase(Database):
 
     def begin(self) -> None:
         self.con.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self) -> None:
+        self.con.execute("BEGIN")  # deferred: a read transaction from the first read on
 
     def commit(self) -> None:
         self.con.execute("COMMIT")
@@ -161,6 +169,10 @@ class PostgresDatabase(Database):
 
     def begin(self) -> None:
         self.tx = self.con.transaction()
+        self._run(self.tx.start())
+
+    def begin_read(self) -> None:
+        self.tx = self.con.transaction(isolation="repeatable_read", readonly=True)
         self._run(self.tx.start())
 
     def commit(self) -> None:

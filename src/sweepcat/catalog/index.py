@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -59,7 +60,7 @@ class DatasetIndex:
     metadata: dict[str, Any]
     table: params.ParamTable
     root: str | None  # recorded by ingest or register (never taken from node metadata)
-    _types: dict[str, TypeLocators] | None = None
+    types: dict[str, TypeLocators] = field(default_factory=dict)  # loaded with the parameters, one snapshot
     _refused: dict[tuple[str, tuple[str, ...]], np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,17 +101,11 @@ class DatasetIndex:
 
     # ---- locators
 
-    def types(self, db: Database) -> dict[str, TypeLocators]:
-        with self._lock:
-            if self._types is None:
-                self._types = _load_locators(db, self)
-            return self._types
-
-    def outside(self, db: Database, rows: np.ndarray, type_: str | None, rule: FileRule) -> str | None:
+    def outside(self, rows: np.ndarray, type_: str | None, rule: FileRule) -> str | None:
         """The first file of ``rows`` (of ``type_``, or any type) whose real path the rule refuses, or None.
 
         Which files pass is computed once per index version and rule (one realpath per distinct file)."""
-        for name, t in self.types(db).items():
+        for name, t in self.types.items():
             if type_ is not None and name != type_:
                 continue
             with self._lock:
@@ -128,8 +123,8 @@ class DatasetIndex:
                 return t.paths[int(bad[0])]
         return None
 
-    def locator_table(self, db: Database, rows: np.ndarray, type_: str | None = None) -> pa.Table:
-        types = self.types(db)
+    def locator_table(self, rows: np.ndarray, type_: str | None = None) -> pa.Table:
+        types = self.types
         if type_ is not None and type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
         parts = []
@@ -158,9 +153,9 @@ class DatasetIndex:
             return pa.table({"key": [], "huid": [], "type": [], "file": [], "dataset": [], "index": [], "url": []})
         return pa.concat_tables(parts)
 
-    def stack(self, db: Database, rows: np.ndarray, type_: str) -> Stack:
+    def stack(self, rows: np.ndarray, type_: str) -> Stack:
         """Where the ``type_`` artifacts of ``rows`` live, in row order (for a stacked read)."""
-        types = self.types(db)
+        types = self.types
         if type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
         t = types[type_]
@@ -172,8 +167,8 @@ class DatasetIndex:
                                 f"narrow the query to Hamiltonians that have {type_!r}")
         return Stack(t.paths, fi, t.datasets[rows], t.indices[rows], t.shape, t.dtype)
 
-    def read(self, db: Database, rows: np.ndarray, type_: str, opener: Opener) -> np.ndarray:
-        return read_stacked(self.stack(db, rows, type_), opener)
+    def read(self, rows: np.ndarray, type_: str, opener: Opener) -> np.ndarray:
+        return read_stacked(self.stack(rows, type_), opener)
 
 
 MAX_DISTINCT = 1000  # values listed by a text facet
@@ -242,50 +237,79 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
 
 
 class IndexCache:
-    """Per-dataset indexes, reloaded when the dataset's version changes; one DB connection per thread."""
+    """Per-dataset indexes, reloaded when the dataset's version changes, over a bounded pool of database
+    connections (closed with ``close``)."""
 
-    def __init__(self, cat: CatalogURI):
+    def __init__(self, cat: CatalogURI, max_connections: int = 8):
         self.cat = cat
-        self._local = threading.local()
         self._indexes: dict[str, DatasetIndex] = {}
         self._lock = threading.Lock()
+        self._idle: list[Database] = []
+        self._slots = threading.BoundedSemaphore(max_connections)
 
-    def db(self) -> Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = connect(self.cat)
-            self._local.db = db
-        return db
+    @contextmanager
+    def connection(self) -> Iterator[Database]:
+        """A connection from the pool (at most ``max_connections`` at once; callers beyond wait)."""
+        self._slots.acquire()
+        try:
+            with self._lock:
+                db = self._idle.pop() if self._idle else None
+            if db is None:
+                db = connect(self.cat)
+            try:
+                yield db
+            except BaseException:
+                db.close()  # a connection in an unknown state is not reused
+                raise
+            else:
+                with self._lock:
+                    self._idle.append(db)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
 
     def exists(self, dataset: str) -> bool:
-        return bool(self.db().fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset))
+        with self.connection() as db:
+            return bool(db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset))
 
     def get(self, dataset: str) -> DatasetIndex:
-        db = self.db()
-        reg = params.registry(db, dataset)
-        if reg is None:
-            exists = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset)
-            if not exists:
-                raise LookupError(dataset)
-            raise SweepcatError(f"dataset {dataset!r} has no parameter index (registered by another tool?)",
-                                f"build it with `sweepcat reindex {dataset} --catalog ...`")
-        cached = self._indexes.get(dataset)
-        if cached is not None and cached.version == reg.version and cached.dataset_id == reg.dataset_id:
-            return cached
-        table = params.load(db, reg)
-        md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", reg.dataset_id)[0][0]
-        md = json.loads(md) if isinstance(md, str) else md
-        index = DatasetIndex(dataset, reg.dataset_id, reg.version, md, table, reg.root)
+        with self.connection() as db:
+            reg = params.registry(db, dataset)
+            if reg is None:
+                exists = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", dataset)
+                if not exists:
+                    raise LookupError(dataset)
+                raise SweepcatError(f"dataset {dataset!r} is not one of sweepcat's (no parameter index: made by "
+                                    "another tool?)", f"adopt it with `sweepcat reindex {dataset} --catalog ...`")
+            cached = self._indexes.get(dataset)
+            if cached is not None and cached.version == reg.version and cached.dataset_id == reg.dataset_id:
+                return cached
+            db.begin_read()  # the version, the parameters and the locators: one snapshot
+            try:
+                reg = params.registry(db, dataset) or reg
+                table = params.load(db, reg)
+                md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", reg.dataset_id)[0][0]
+                md = json.loads(md) if isinstance(md, str) else md
+                index = DatasetIndex(dataset, reg.dataset_id, reg.version, md, table, reg.root)
+                index.types = _load_locators(db, index)
+            finally:
+                db.rollback()
         with self._lock:
             self._indexes[dataset] = index
         return index
 
     def datasets(self) -> list[dict[str, Any]]:
+        with self.connection() as db:
+            entries = datasets_in(db)
         out = []
-        for d in datasets_in(self.db()):
+        for d in entries:
             sc = d.metadata.get("sweepcat") or {}
-            counts = (sc.get("provenance") or {}).get("catalog_counts") or {}
-            out.append({"key": d.key, "label": sc.get("label", d.key), "hamiltonians": counts.get("hamiltonians"),
+            out.append({"key": d.key, "label": sc.get("label", d.key), "hamiltonians": len(self.get(d.key).table),
                         "artifacts": sc.get("artifacts", {}), "parameters": sc.get("parameters", {}),
                         "shared_axes": sc.get("shared_axes", {}), "root": d.root})
         return out

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import SweepcatError
+from ..errors import DatasetChanged, SweepcatError
 from ..h5open import Opener, session
 from .http import raise_for
 
@@ -51,21 +51,23 @@ class HttpBackend:
     def datasets(self) -> list[dict[str, Any]]:
         return self._get("/datasets").json()
 
-    def search(self, ds: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
-        return self._get(f"/search/{_seg(ds)}", q=q, offset=offset, limit=limit).json()
+    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None) -> dict[str, Any]:
+        return self._get(f"/search/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version).json()
 
-    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None) -> pa.Table:
-        return _table(self._get(f"/params/{_seg(ds)}", q=q, offset=offset, limit=limit).content)
+    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None,
+               version: int | None = None) -> pa.Table:
+        return _table(self._get(f"/params/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version).content)
 
-    def locators(self, ds: str, q: str | None, type_: str | None) -> pa.Table:
-        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_).content)
+    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None) -> pa.Table:
+        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_, version=version).content)
 
     def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
         return self._get(f"/facets/{_seg(ds)}", q=q, param=param, bins=bins).json()
 
-    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
-             total: int) -> np.ndarray:
-        """All matches, in pages that fit the server's response limit, into one preallocated array."""
+    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
+             version: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """All matches, in pages that fit the server's response limit, each streamed straight into one
+        preallocated array. Every row is written or the read fails: never a row that was not read."""
         from concurrent.futures import ThreadPoolExecutor
 
         out = np.empty((total, *shape), dtype=dtype)
@@ -73,10 +75,10 @@ class HttpBackend:
         page = max(1, min(self.info().get("max_read_bytes", 1 << 29), 32 << 20) // row_bytes)
 
         def fetch(offset: int) -> None:
-            r = self._get(f"/read/{_seg(ds)}", q=q, type=type_, offset=offset, limit=page)
-            n = int(r.headers["x-sweepcat-shape"].split(",")[0])
-            got = np.frombuffer(r.content, dtype=np.dtype(r.headers["x-sweepcat-dtype"]))
-            out[offset:offset + n] = got.reshape((n, *shape))
+            want = min(page, total - offset)
+            self._read_page(ds, q, type_, offset, want, version, out[offset:offset + want])
+            if progress is not None:
+                progress(want)
 
         offsets = list(range(0, total, page))
         if len(offsets) <= 1:
@@ -86,6 +88,36 @@ class HttpBackend:
             with ThreadPoolExecutor(max_workers=3) as pool:
                 list(pool.map(fetch, offsets))
         return out
+
+    def _read_page(self, ds: str, q: str | None, type_: str, offset: int, want: int, version: int | None,
+                   into: np.ndarray) -> None:
+        import httpx
+
+        what = f"{self.url}/read/{ds} rows {offset}..{offset + want}"
+        params = {k: v for k, v in {"q": q, "type": type_, "offset": offset, "limit": want,
+                                    "version": version}.items() if v is not None}
+        try:
+            with self.http.stream("GET", f"{self.url}/api/v1/sweepcat/read/{_seg(ds)}", params=params) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise_for(r, what)
+                n = int(r.headers["x-sweepcat-shape"].split(",")[0])
+                if n != want or np.dtype(r.headers["x-sweepcat-dtype"]) != into.dtype:
+                    raise DatasetChanged(f"{what}: the server sent {n} rows of {r.headers['x-sweepcat-dtype']}, "
+                                         f"{want} of {into.dtype.str} were expected",
+                                         "the dataset changed: run the query again (res = res.refresh())")
+                view = memoryview(into.reshape(-1).view(np.uint8))
+                pos = 0
+                for chunk in r.iter_bytes(1 << 20):
+                    view[pos:pos + len(chunk)] = chunk
+                    pos += len(chunk)
+                if pos != view.nbytes:
+                    raise SweepcatError(f"{what}: {pos} of {view.nbytes} bytes arrived",
+                                        "see the server log; run the read again")
+        except httpx.HTTPError as exc:
+            raise SweepcatError(f"{what}: the transfer broke off ({exc})",
+                                "see the server log (a file may have changed during the read); run it again") \
+                from None
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         path = "/".join(_seg(s) for s in (ds, key, type_))
@@ -134,33 +166,54 @@ class LocalBackend:
     def datasets(self) -> list[dict[str, Any]]:
         return self.cache.datasets()
 
-    def search(self, ds: str, q: str | None, offset: int, limit: int) -> dict[str, Any]:
+    def _at(self, ds: str, version: int | None) -> Any:
+        """The dataset's index, refused if it is no longer at ``version`` (as the server's 409)."""
         index = self._index(ds)
-        rows = index.select(q)
-        return {"count": int(len(rows)), "keys": index.table.key[rows[offset:offset + limit]].tolist()}
+        if version is not None and version != index.version:
+            raise DatasetChanged(f"{self.where}: dataset {ds!r} changed since this result was computed (version "
+                                 f"{version}, now {index.version}): its rows may no longer be the ones the query "
+                                 "found", "run the query again (res = res.refresh()), or read with on_change='refresh'")
+        return index
 
-    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None) -> pa.Table:
-        index = self._index(ds)
+    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None) -> dict[str, Any]:
+        index = self._at(ds, version)
+        rows = index.select(q)
+        return {"count": int(len(rows)), "version": index.version,
+                "keys": index.table.key[rows[offset:offset + limit]].tolist()}
+
+    def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None,
+               version: int | None = None) -> pa.Table:
+        index = self._at(ds, version)
         rows = index.select(q)
         return index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit])
 
-    def locators(self, ds: str, q: str | None, type_: str | None) -> pa.Table:
-        index = self._index(ds)
-        return index.locator_table(self.cache.db(), index.select(q), type_)
+    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None) -> pa.Table:
+        index = self._at(ds, version)
+        return index.locator_table(index.select(q), type_)
 
     def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
         index = self._index(ds)
         return index.facets(index.select(q), param, bins)
 
-    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype,
-             total: int) -> np.ndarray:
-        index = self._index(ds)
-        return index.read(self.cache.db(), index.select(q), type_, local_opener(index.root))
+    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
+             version: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        index = self._at(ds, version)
+        rows = index.select(q)
+        if len(rows) != total:
+            raise DatasetChanged(f"{self.where}: {ds!r} now has {len(rows)} matches, {total} were expected",
+                                 "run the query again (res = res.refresh())")
+        out = index.read(rows, type_, local_opener(index.root))
+        if progress is not None:
+            progress(len(out))
+        return out
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         index = self._index(ds)
         rows = np.flatnonzero(index.table.key == key)
-        return index.read(self.cache.db(), rows, type_, local_opener(index.root))[0]
+        if not len(rows):
+            raise SweepcatError(f"{self.where}: {ds}/{key}: no such Hamiltonian (deleted since?)",
+                                "run the query again (res = res.refresh())")
+        return index.read(rows, type_, local_opener(index.root))[0]
 
     def axis(self, ds: str, name: str, info: dict[str, Any]) -> np.ndarray:
         ax = (info.get("shared_axes") or {}).get(name)

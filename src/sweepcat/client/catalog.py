@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import query as q
-from ..errors import SweepcatError
+from ..errors import DatasetChanged, SweepcatError
 from ..h5read import Stack, read_stacked
 from .backends import HttpBackend, LocalBackend, backend_for, local_opener
 
@@ -123,7 +123,14 @@ class Dataset:
 
 
 class Result:
-    """The Hamiltonians of a dataset that match a query; requests are made when data is asked for."""
+    """The Hamiltonians of a dataset that match a query, as found on one version of the dataset.
+
+    The first request (``len``, ``keys``, ...) fixes the version; every later request is checked
+    against it, so a page never mixes rows of two versions. When the dataset changes, requests
+    raise ``DatasetChanged``; ``refresh()`` runs the query again on the current version.
+    """
+
+    PAGE = 10_000  # keys per search request (the server's page limit)
 
     def __init__(self, dataset: Dataset, query: str | None):
         self.dataset = dataset
@@ -134,22 +141,34 @@ class Result:
     def _first(self) -> dict[str, Any]:
         return self.backend.search(self.dataset.key, self.query, 0, 20)
 
+    @property
+    def version(self) -> int | None:
+        """The dataset version this result was computed on."""
+        return self._first.get("version")
+
+    def refresh(self) -> "Result":
+        """The same query, run again on the dataset as it is now."""
+        return Result(self.dataset, self.query)
+
     def __len__(self) -> int:
         return int(self._first["count"])
 
     def keys(self) -> list[str]:
-        """Every matching key, in one request."""
-        return self.backend.search(self.dataset.key, self.query, 0, max(1, len(self)))["keys"] if len(self) else []
+        """Every matching key, in pages of ``PAGE``, all from the one version."""
+        keys: list[str] = []
+        for offset in range(0, len(self), self.PAGE):
+            keys += self.backend.search(self.dataset.key, self.query, offset, self.PAGE, self.version)["keys"]
+        return keys
 
     @property
     def params(self) -> Any:
         """A pandas DataFrame of the matches' parameters, indexed by key (one request)."""
-        return self.backend.params(self.dataset.key, self.query).to_pandas().set_index("key")
+        return self.backend.params(self.dataset.key, self.query, version=self.version).to_pandas().set_index("key")
 
     @property
     def locators(self) -> Any:
         """A DataFrame: key, huid, type, absolute file, dataset, index and the one-string URL (one request)."""
-        return self.backend.locators(self.dataset.key, self.query, None).to_pandas()
+        return self.backend.locators(self.dataset.key, self.query, None, self.version).to_pandas()
 
     def facets(self, param: str, bins: int = 20) -> dict[str, Any]:
         return self.backend.facets(self.dataset.key, self.query, param, bins)
@@ -161,14 +180,33 @@ class Result:
                                 f"types: {', '.join(self.dataset.artifacts)}")
         return tuple(art["shape"]), np.dtype(art["dtype"])
 
-    def read(self, type_: str, mode: str = "server") -> np.ndarray:
-        """Stacked ``(n, *shape)`` array. mode="server": the batch route (Mode B); "direct": h5py (Mode A)."""
+    def read(self, type_: str, mode: str = "server", on_change: str = "error") -> np.ndarray:
+        """Stacked ``(n, *shape)`` array. mode="server": the batch route (Mode B); "direct": h5py (Mode A).
+
+        Every row is one of this result's and was read, or the read fails. If the dataset changes
+        during the read: on_change="error" raises ``DatasetChanged``; "refresh" runs the query again
+        (this result then holds the new matches) and reads once more."""
+        if on_change not in ("error", "refresh"):
+            raise SweepcatError(f"on_change {on_change!r} is unknown", "use on_change='error' or 'refresh'")
         shape, dtype = self._type(type_)
+        for attempt in range(3):
+            try:
+                return self._read(type_, mode, shape, dtype)
+            except DatasetChanged:
+                if on_change == "error" or attempt == 2:
+                    raise
+                self.__dict__.pop("_first", None)  # re-resolve on the dataset as it is now
+        raise AssertionError("unreachable")
+
+    def _read(self, type_: str, mode: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         if mode == "server":
-            return self.backend.read(self.dataset.key, self.query, type_, shape, dtype, len(self))
+            return self.backend.read(self.dataset.key, self.query, type_, shape, dtype, len(self), self.version)
         if mode != "direct":
             raise SweepcatError(f"mode {mode!r} is unknown", "use mode='server' or mode='direct'")
-        loc = self.backend.locators(self.dataset.key, self.query, type_)
+        loc = self.backend.locators(self.dataset.key, self.query, type_, self.version)
+        if loc.num_rows != len(self):  # the version is pinned: these rows lack the artifact
+            raise SweepcatError(f"{self.dataset.key}: only {loc.num_rows} of the {len(self)} matches have a "
+                                f"{type_!r} artifact", f"narrow the query to Hamiltonians that have {type_!r}")
         files = loc.column("file").to_numpy(zero_copy_only=False)
         paths, file_idx = np.unique(files, return_inverse=True)
         indices = loc.column("index").to_numpy(zero_copy_only=False)
@@ -206,7 +244,7 @@ class Result:
                 f"{self.query or '(everything)'}; first keys {self._first['keys'][:3]}>")
 
     def _repr_html_(self) -> str:
-        first = self.backend.params(self.dataset.key, self.query, 0, 10).to_pylist()
+        first = self.backend.params(self.dataset.key, self.query, 0, 10, self.version).to_pylist()
         headers = list(first[0]) if first else ["key"]
         rows = [[r[h] for h in headers] for r in first]
         return _table_html(headers, rows, f"{len(self)} Hamiltonians of {self.dataset.key} match "

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import SweepcatError
+from ..errors import DatasetChanged, SweepcatError
 
 
 def detail_of(response: httpx.Response) -> Any:
@@ -21,6 +21,8 @@ def raise_for(response: httpx.Response, what: str) -> None:
     if response.status_code < 400:
         return
     detail = detail_of(response)
+    if response.status_code == 409 and isinstance(detail, dict) and "version" in detail:
+        raise DatasetChanged(f"{what}: {detail.get('message')}", detail.get("hint"))
     if response.status_code == 401:
         raise SweepcatError(f"{what}: the server refused the API key (401)",
                             "pass the key the server printed: --api-key KEY, SWEEPCAT_API_KEY, or api_key=...")

@@ -56,34 +56,59 @@ class RegisterResult:
         return text + f" in {self.seconds:.1f} s ({rate:,.0f} nodes/s, {self.requests} requests)"
 
 
+OnRetry = Callable[[int, float, str], None]  # (attempt number from 1, seconds until the next, what failed)
+RETRY_STATUSES = (502, 503, 504)  # a server restarting, behind a proxy, or busy: worth another try
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how patiently a request is tried again: exponential backoff with jitter."""
+
+    attempts: int = 8
+    first_delay: float = 0.5
+    max_delay: float = 10.0
+
+    def delays(self, rng: random.Random) -> list[float]:
+        out, delay = [], self.first_delay
+        for _ in range(self.attempts - 1):
+            out.append(delay * (1 + rng.random() / 2))
+            delay = min(delay * 2, self.max_delay)
+        return out
+
+
 class _Http:
     """httpx with the API key and retries (server restarts, brief outages) with backoff."""
 
-    def __init__(self, url: str, api_key: str | None, *, attempts: int = 8, timeout: float = 600.0):
+    def __init__(self, url: str, api_key: str | None, *, retry: RetryPolicy | None = None, timeout: float = 600.0,
+                 on_retry: OnRetry | None = None, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None):
         headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
         self.url = url.rstrip("/")
-        self.client = httpx.Client(headers=headers, timeout=timeout)
-        self.attempts = attempts
+        self.client = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self.sleep = sleep
+        self.rng = rng or random.Random()
         self.retries = 0
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        delay = 0.5
-        for attempt in range(self.attempts):
+        delays = self.retry.delays(self.rng)
+        for attempt in range(self.retry.attempts):
             try:
                 response = self.client.request(method, f"{self.url}{path}", **kwargs)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
-                error: Exception | httpx.Response = exc
+                what = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code not in (502, 503, 504):
+                if response.status_code not in RETRY_STATUSES:
                     return response
-                error = response
-            if attempt == self.attempts - 1:
-                what = error if isinstance(error, Exception) else f"HTTP {error.status_code}"
-                raise SweepcatError(f"{self.url} did not answer after {self.attempts} attempts ({what})",
+                what = f"HTTP {response.status_code}"
+            if attempt == self.retry.attempts - 1:
+                raise SweepcatError(f"{self.url} did not answer after {self.retry.attempts} attempts ({what})",
                                     "check that the server runs, then run the same command again: it resumes")
             self.retries += 1
-            time.sleep(delay * (1 + random.random() / 2))
-            delay = min(delay * 2, 10.0)
+            if self.on_retry is not None:
+                self.on_retry(attempt + 1, delays[attempt], what)
+            self.sleep(delays[attempt])
         raise AssertionError("unreachable")
 
 
@@ -111,14 +136,15 @@ def _batches(m: Manifests, size: int) -> list[Manifests]:
 
 def register(m: Manifests, url: str, api_key: str | None, *, update: bool = False, prune: bool = False,
              batch_size: int = 5000, workers: int = 8, force_stock: bool = False,
-             progress: Progress | None = None, say: Callable[[str], None] = lambda _: None) -> RegisterResult:
+             progress: Progress | None = None, say: Callable[[str], None] = lambda _: None,
+             on_retry: OnRetry | None = None) -> RegisterResult:
     t0 = time.perf_counter()
     d = m.description
     # The server's bulk route checks every row; Tiled's stock API checks nothing: check here, before sending.
     problems = validate(m.ham, m.art, root=d.root, check_files_exist=True)
     if problems:
         raise ContractError(problems, subject=f"manifests of dataset {d.key!r}")
-    http = _Http(url, api_key)
+    http = _Http(url, api_key, on_retry=on_retry)
     info = None if force_stock else detect_path(http)
     d.provenance = dict(d.provenance)
     d.provenance["manifests"] = {

@@ -26,6 +26,26 @@ class _SettledOverrides(dict):
         return self.get(dependency) is not override
 
 
+def _close_on_shutdown(app: Any) -> None:
+    """After Tiled's own shutdown: close sweepcat's database connections and cached files."""
+    from contextlib import asynccontextmanager
+
+    from .policy import FILES
+    from .routes import close_index_caches
+
+    tiled_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> Any:
+        async with tiled_lifespan(a) as state:
+            try:
+                yield state
+            finally:
+                close_index_caches()
+                FILES.clear()
+    app.router.lifespan_context = lifespan
+
+
 def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
     from tiled.server.app import build_app_from_config
     from tiled.server.settings import get_settings
@@ -43,6 +63,7 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
                           allow_anonymous=bool(auth.get("allow_anonymous_access")),
                           authenticated=bool(getattr(app.state, "authenticated", False)))
     app.state.sweepcat_policy = policy
+    _close_on_shutdown(app)
     if fast_path:
         app.add_middleware(LocatorFastPath, policy=policy)
     return app

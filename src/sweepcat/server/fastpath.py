@@ -150,7 +150,7 @@ class LocatorFastPath:
         if params is None:
             return None
         params.pop("api_key", None)
-        numbers = {k: params[k] for k in ("offset", "limit") if k in params}
+        numbers = {k: params[k] for k in ("offset", "limit", "version") if k in params}
         if any(not _INT.match(v) or len(v) > 12 for v in numbers.values()):
             return None  # the FastAPI route gives its validation error
         offset = int(numbers.get("offset", 0))
@@ -158,17 +158,18 @@ class LocatorFastPath:
         if needed not in await self._scopes(scope):
             return None
         try:
-            if kind == "search" and set(params) <= {"q", "offset", "limit"}:
+            version = int(numbers["version"]) if "version" in numbers else None
+            if kind == "search" and set(params) <= {"q", "offset", "limit", "version"}:
                 limit = int(numbers.get("limit", 100))
                 if limit > MAX_PAGE:
                     return None
                 result = await anyio.to_thread.run_sync(search_page, self.policy, dataset, params.get("q"), offset,
-                                                        limit)
+                                                        limit, None, version)
                 return 200, {"content-type": "application/json"}, _json(result)
-            if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type"}:
+            if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type", "version"}:
                 limit = int(numbers["limit"]) if "limit" in numbers else None
                 page = await anyio.to_thread.run_sync(read_page, self.policy, dataset, params["type"],
-                                                      params.get("q"), offset, limit)
+                                                      params.get("q"), offset, limit, version)
                 return 200, {"content-type": "application/octet-stream", **page.headers}, page.chunks
         except HTTPException as exc:
             return _error(exc)

@@ -167,6 +167,15 @@ def index_cache(cat: CatalogURI) -> IndexCache:
         return cache
 
 
+def close_index_caches() -> None:
+    """Close every cached database connection (at server shutdown)."""
+    with _caches_lock:
+        caches = list(_caches.values())
+        _caches.clear()
+    for cache in caches:
+        cache.close()
+
+
 def _dataset(cache: IndexCache, dataset: str) -> DatasetIndex:
     try:
         return cache.get(dataset)
@@ -175,6 +184,16 @@ def _dataset(cache: IndexCache, dataset: str) -> DatasetIndex:
                                                      "hint": "list them at /api/v1/sweepcat/datasets"}) from None
     except SweepcatError as exc:
         raise _error(exc, 404) from None
+
+
+def _same_version(index: DatasetIndex, version: int | None) -> None:
+    """A result computed on one version of a dataset is read on that version, or not at all."""
+    if version is not None and version != index.version:
+        raise HTTPException(status_code=409, detail={
+            "message": f"dataset {index.key!r} changed since this result was computed (version {version}, now "
+                       f"{index.version}): its rows may no longer be the ones the query found",
+            "hint": "run the query again (res = res.refresh()), or read with on_change='refresh'",
+            "version": index.version})
 
 
 def _rows(index: DatasetIndex, query: str | None, visible: frozenset[str] | None = None) -> np.ndarray:
@@ -208,20 +227,23 @@ async def datasets(access: Access = Depends(server_access(READ_METADATA))) -> li
 
 
 def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, limit: int,
-                visible: frozenset[str] | None = None) -> dict[str, Any]:
+                visible: frozenset[str] | None = None, version: int | None = None) -> dict[str, Any]:
     index = _dataset(index_cache(policy.catalog), dataset)
+    _same_version(index, version)
     rows = _rows(index, q, visible)
     page = rows[offset:offset + limit]
     return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
-            "keys": index.table.key[page].tolist()}
+            "version": index.version, "keys": index.table.key[page].tolist()}
 
 
 @router.get("/search/{dataset}")
 async def search(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
-                 limit: int = Query(100, ge=0, le=MAX_PAGE),
+                 limit: int = Query(100, ge=0, le=MAX_PAGE), version: int | None = Query(None),
                  access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
-    """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``)."""
-    return await _in_thread(search_page, access.policy, dataset, q, offset, limit, await access.visible_keys())
+    """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``), with
+    the dataset's version; given ``version``, 409 if the dataset changed since."""
+    return await _in_thread(search_page, access.policy, dataset, q, offset, limit, await access.visible_keys(),
+                            version)
 
 
 @router.get("/facets/{dataset}")
@@ -241,13 +263,14 @@ async def facets(dataset: str, param: str, q: str | None = Query(None), bins: in
 
 @router.get("/params/{dataset}")
 async def params_route(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
-                       limit: int | None = Query(None, ge=0),
+                       limit: int | None = Query(None, ge=0), version: int | None = Query(None),
                        access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching Hamiltonian's parameters (or a page of them), as one Arrow table."""
     visible = await access.visible_keys()
 
     def run() -> Response:
         index = _dataset(index_cache(access.policy.catalog), dataset)
+        _same_version(index, version)
         rows = _rows(index, q, visible)
         return _arrow(index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit]))
     return await _in_thread(run)
@@ -255,6 +278,7 @@ async def params_route(dataset: str, q: str | None = Query(None), offset: int = 
 
 @router.get("/locators/{dataset}")
 async def locators(dataset: str, q: str | None = Query(None), type: str | None = None,
+                   version: int | None = Query(None),
                    access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table.
 
@@ -265,12 +289,13 @@ async def locators(dataset: str, q: str | None = Query(None), type: str | None =
     def run() -> pa.Table:
         cache = index_cache(access.policy.catalog)
         index = _dataset(cache, dataset)
+        _same_version(index, version)
         rows = _rows(index, q, visible)
         try:
-            outside = index.outside(cache.db(), rows, type, access.policy.rule())
+            outside = index.outside(rows, type, access.policy.rule())
             if outside is not None:
                 raise read_error(FileRefused(outside, "lies outside readable storage (its real path leaves it)"))
-            return index.locator_table(cache.db(), rows, type)
+            return index.locator_table(rows, type)
         except QueryError as exc:
             raise _error(exc, 400) from None
         except SweepcatError as exc:
@@ -311,18 +336,20 @@ class ReadPlan:
     type: str
     offset: int
     total: int  # rows matching the query
+    version: int  # of the dataset the rows come from
     keys: list[str]  # of the page, in order
     stack: Any
 
 
 def plan_read(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int, limit: int | None,
-              visible: frozenset[str] | None = None) -> ReadPlan:
+              visible: frozenset[str] | None = None, version: int | None = None) -> ReadPlan:
     cache = index_cache(policy.catalog)
     index = _dataset(cache, dataset)
+    _same_version(index, version)
     rows = _rows(index, q, visible)
     page = rows[offset:] if limit is None else rows[offset:offset + limit]
     try:
-        stack = index.stack(cache.db(), page, type_)
+        stack = index.stack(page, type_)
     except QueryError as exc:
         raise _error(exc, 400) from None
     except SweepcatError as exc:
@@ -339,7 +366,7 @@ def plan_read(policy: ServerPolicy, dataset: str, type_: str, q: str | None, off
             "message": f"{len(page)} arrays of {stack.row_bytes:,} bytes exceed the {MAX_READ_BYTES:,}-byte response "
                        "limit", "hint": f"page with offset and limit={fit} (the sweepcat client does this)",
             "page_limit": fit})
-    return ReadPlan(dataset, type_, offset, len(rows), index.table.key[page].tolist(), stack)
+    return ReadPlan(dataset, type_, offset, len(rows), index.version, index.table.key[page].tolist(), stack)
 
 
 def start_read(policy: ServerPolicy, plan: ReadPlan) -> ReadPage:
@@ -358,26 +385,28 @@ def start_read(policy: ServerPolicy, plan: ReadPlan) -> ReadPage:
     reservation = BUDGET.reserve(min(buffer, total) + chunk_bytes, what)
     headers = {"x-sweepcat-shape": ",".join(map(str, (len(stack), *stack.shape))),
                "x-sweepcat-dtype": np.dtype(stack.dtype).str, "x-sweepcat-total": str(plan.total),
-               "x-sweepcat-offset": str(plan.offset), "content-length": str(total)}
+               "x-sweepcat-offset": str(plan.offset), "x-sweepcat-version": str(plan.version),
+               "content-length": str(total)}
     return ReadPage(headers, _streamed(stream_stacked(stack, opener, buffer), reservation, what))
 
 
 def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int,
-              limit: int | None) -> ReadPage:
+              limit: int | None, version: int | None = None) -> ReadPage:
     """A stacked read without an access policy (the fast path's case): plan, then start."""
-    return start_read(policy, plan_read(policy, dataset, type_, q, offset, limit))
+    return start_read(policy, plan_read(policy, dataset, type_, q, offset, limit, None, version))
 
 
 @router.get("/read/{dataset}")
 async def read(dataset: str, type: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
-               limit: int | None = Query(None, ge=0),
+               limit: int | None = Query(None, ge=0), version: int | None = Query(None),
                access: Access = Depends(dataset_access(READ_DATA))) -> Response:
     """Stacked arrays ``(n, *shape)`` of one artifact type for the matching Hamiltonians (a page of them).
 
     Rows are grouped by file and read in index order, streamed as they are read. Responses above the
     size limit are refused with the page size to use; every file is checked before the first byte.
     """
-    plan = await _in_thread(plan_read, access.policy, dataset, type, q, offset, limit, await access.visible_keys())
+    plan = await _in_thread(plan_read, access.policy, dataset, type, q, offset, limit, await access.visible_keys(),
+                            version)
     await access.check_artifacts(plan.keys, type, "read:data")
     page = await _in_thread(start_read, access.policy, plan)
     return StreamingResponse(page.chunks, media_type="application/octet-stream", headers=page.headers)
