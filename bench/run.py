@@ -14,7 +14,8 @@ import argparse
 import importlib
 
 BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register",
-           "search": "bench.bench_search", "boundary": "bench.bench_boundary"}
+           "search": "bench.bench_search", "boundary": "bench.bench_boundary",
+           "ingest": "bench.bench_ingest"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -169,8 +169,11 @@ def inproc(world: World) -> Iterator[Any]:
     clients: list[TestClient] = []
 
     def make(*, fast_path: bool = True, public: bool = False, policy: str | None = None,
-             policy_args: dict | None = None, limit: int | None = None, tiled_only: bool = False) -> TestClient:
+             policy_args: dict | None = None, limit: int | None = None, tiled_only: bool = False,
+             raw_assets: bool | None = None) -> TestClient:
         config = world.config(public=public)
+        if raw_assets is not None:
+            config["expose_raw_assets"] = raw_assets
         if policy:
             config["access_control"] = {"access_policy": f"tests.support.policies:{policy}",
                                         "args": policy_args or {}}
@@ -736,7 +739,17 @@ def test_hdf5_external_raw_storage_is_refused_even_inside_the_root(world: World,
     assert r.exit_code == 1 and "extin.h5#/RAW" in r.output and "external" in r.output, r.output
 
 
-def test_readable_storage_is_resolved_once_not_at_every_read(tmp_path: Path, demo_root: Path, runner: Any) -> None:
+@pytest.fixture
+def roots_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy looks at the registry's recorded roots on every request (no one-second cache), so a test
+    sees the effect of a change at once instead of sleeping past the cache."""
+    from sweepcat.server import policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "ROOTS_TTL", 0.0)
+
+
+def test_readable_storage_is_resolved_once_not_at_every_read(tmp_path: Path, demo_root: Path, runner: Any,
+                                                             roots_every_request: None) -> None:
     """A root directory replaced by a symlink after ingest does not carry readable storage along."""
     base = tmp_path
     data = base / "data" / "sweep"
@@ -760,7 +773,7 @@ def test_readable_storage_is_resolved_once_not_at_every_read(tmp_path: Path, dem
             data.rename(data.with_name("sweep.real"))
             data.symlink_to(outside)
             try:
-                time.sleep(policy_roots_ttl())  # the policy's next look at the registry must not re-resolve
+                # the policy's next look at the registry (this request) must not re-resolve
                 r = client.get(path, headers=KEY)
                 assert r.status_code in (403, 500), (fast, r.status_code)
                 _no_secret(r)
@@ -773,13 +786,8 @@ def test_readable_storage_is_resolved_once_not_at_every_read(tmp_path: Path, dem
                 data.with_name("sweep.real").rename(data)
 
 
-def policy_roots_ttl() -> float:
-    from sweepcat.server.policy import ROOTS_TTL
-
-    return ROOTS_TTL + 0.05
-
-
-def test_register_records_the_real_root_not_a_symlink(world: World, inproc: Any, tmp_path: Path) -> None:
+def test_register_records_the_real_root_not_a_symlink(world: World, inproc: Any, tmp_path: Path,
+                                                      roots_every_request: None) -> None:
     """A dataset registered through a symlinked root must not follow that link when it is re-pointed."""
     from sweepcat.catalog.db import connect
     from sweepcat.contract import encode_batch, read_manifests
@@ -800,7 +808,6 @@ def test_register_records_the_real_root_not_a_symlink(world: World, inproc: Any,
         assert root == str(world.root.resolve())
         link.unlink()
         link.symlink_to(world.outside)
-        time.sleep(policy_roots_ttl())
         r = client.get(f"/api/v1/array/full/{world.path('outside')}", headers=KEY)
         assert r.status_code != 200
         _no_secret(r)
@@ -893,3 +900,81 @@ def test_a_percent_encoded_parameter_name_does_not_slip_past_the_fast_path(world
     _same(on.get(url, headers=KEY), off.get(url, headers=KEY), "api%5Fkey")
     url = f"/api/v1/array/full/{world.path('doubleslash')}"
     _same(on.get(url, headers=KEY), off.get(url, headers=KEY), "double slash asset")
+
+
+# --------------------------------------------------------------------------- round 2 (a second attacker)
+
+
+def _asset_id(client: TestClient, world: World, type_: str) -> int:
+    r = client.get(f"/api/v1/metadata/{world.path(type_)}", params={"include_data_sources": True}, headers=KEY)
+    return r.json()["data"]["attributes"]["data_sources"][0]["assets"][0]["id"]
+
+
+def test_tiled_raw_asset_routes_never_serve_bytes_past_the_file_rule(world: World, inproc: Any) -> None:
+    """Tiled's raw-asset routes open a node's files by URI alone: sweepcat servers keep them off, refuse a
+    config that turns them on, and its routes mounted in a Tiled server that has them on stay off."""
+    for public in (False, True):
+        client = inproc(public=public)
+        for type_ in ("outside", "swapped", "xps"):
+            asset = _asset_id(client, world, type_)
+            for route in ("bytes", "manifest"):
+                r = client.get(f"/api/v1/asset/{route}/{world.path(type_)}", params={"id": asset},
+                               headers=KEY if not public else {})
+                assert r.status_code in (401, 403), (public, type_, route, r.status_code)
+                _no_secret(r)
+    assert server_config("sqlite:///x.db", [], api_key=API_KEY)["expose_raw_assets"] is False
+    from sweepcat.errors import SweepcatError
+
+    with pytest.raises(SweepcatError, match="expose_raw_assets"):
+        build_app({**world.config(), "expose_raw_assets": True})
+    try:
+        tiled = inproc(tiled_only=True, raw_assets=True)
+        r = tiled.get(f"/api/v1/sweepcat/read/{world.dataset}", params={"type": "rixs"}, headers=KEY)
+        assert r.status_code == 503 and "expose_raw_assets: false" in r.text
+    finally:
+        inproc(tiled_only=True, raw_assets=False)  # Tiled's settings are process-wide: put them back
+
+
+def test_the_registered_root_is_the_one_that_was_checked(tmp_path: Path) -> None:
+    """The root is resolved once: a symlink re-pointed between the check and the record changes nothing."""
+    from sweepcat.catalog.db import connect
+    from sweepcat.catalog.ingest import ingest
+    from sweepcat.catalog.params import recorded_roots
+    from sweepcat.h5open import FileRule
+    from tests.support.sweeps import make_sweep
+
+    allowed = tmp_path / "allowed"
+    make_sweep(allowed / "real", 4)
+    make_sweep(tmp_path / "outside", 4)
+    link = allowed / "lnk"
+    link.symlink_to(allowed / "real")
+    m = make_sweep(allowed / "real", 4)
+    m.description.root = str(link)
+
+    def swap(phase: str, done: int, total: int) -> None:
+        if phase == "locking":  # after every check, before anything is written
+            link.unlink()
+            link.symlink_to(tmp_path / "outside")
+
+    catalog = str(tmp_path / "c.db")
+    ingest(m, catalog, root_rule=FileRule.of([str(allowed.resolve())]), progress=swap)
+    with connect(parse_catalog(catalog)) as db:
+        assert recorded_roots(db) == [str((allowed / "real").resolve())]
+    # A recorded root later swapped for a symlink is not resolved again: it leaves readable storage.
+    (allowed / "real").rename(allowed / "real.moved")
+    (allowed / "real").symlink_to(tmp_path / "outside")
+    with connect(parse_catalog(catalog)) as db:
+        assert recorded_roots(db) == []
+
+
+def test_the_prune_body_is_bounded_and_counted(world: World, inproc: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweepcat.server import routes
+
+    client = inproc()
+    before = client.get(f"/api/v1/sweepcat/search/{world.dataset}", headers=KEY).json()["count"]
+    monkeypatch.setattr(routes, "MAX_BATCH_BYTES", 1000)
+    body = json.dumps({"keys": [f"k{i:04d}" for i in range(200)]})
+    for headers in (KEY, {**KEY, "Transfer-Encoding": "chunked"}):
+        r = client.post(f"/api/v1/sweepcat/prune/{world.dataset}", content=body.encode(), headers=headers)
+        assert r.status_code == 413 and "limit" in r.text
+    assert client.get(f"/api/v1/sweepcat/search/{world.dataset}", headers=KEY).json()["count"] == before

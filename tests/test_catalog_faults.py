@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -27,8 +26,6 @@ import numpy as np
 import pytest
 import yaml
 from tiled.client import from_uri
-from tiled.structures.core import StructureFamily
-from tiled.structures.data_source import Asset, DataSource, Management
 
 from sweepcat.catalog.db import connect
 from sweepcat.catalog.ingest import ingest
@@ -184,107 +181,7 @@ def small_catalog(tmp_path: Path, demo_manifests: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- 1. same rows as Tiled's HTTP API
-
-
-def test_ingested_nodes_are_indistinguishable_from_nodes_created_over_http(tmp_path: Path, demo_manifests: Path):
-    catalog = tmp_path / "equiv.db"
-    m = manifests_of(demo_manifests, "NiPS3_per_entity")
-    ingest(m, str(catalog))
-    ham = m.ham.to_pandas()
-    key, huid = ham.key.iloc[3], ham.huid.iloc[3]
-
-    with sweepcat_server(str(catalog)) as url:
-        client = from_uri(url, api_key=API_KEY)
-        ours = client["NiPS3_per_entity"][key]
-        types = sorted(ours)
-        assert types == ["gf", "mh", "rixs", "xps"]
-        theirs = client.create_container("viahttp").create_container(key, metadata=dict(ours.metadata))
-        for t in types:
-            node = ours[t]
-            (src,) = node.data_sources()
-            (asset,) = src.assets
-            theirs.new(StructureFamily.array, [DataSource(
-                management=Management.external, mimetype=MIMETYPE, structure_family=StructureFamily.array,
-                structure=node.structure(), parameters=src.parameters,
-                assets=[Asset(data_uri=asset.data_uri, is_directory=False, parameter="data_uri")])],
-                key=t, metadata={})
-
-        # What the server returns is the same for both.
-        fresh = from_uri(url, api_key=API_KEY)
-        a, b = fresh["NiPS3_per_entity"][key], fresh["viahttp"][key]
-        assert dict(a.metadata) == dict(b.metadata)
-        assert a.metadata["huid"] == huid
-        assert sorted(b) == types
-        for t in types:
-            assert dict(a[t].metadata) == dict(b[t].metadata) == {}
-            assert a[t].structure() == b[t].structure()
-            assert ds_without_ids(a[t].data_sources()) == ds_without_ids(b[t].data_sources())
-            got_a, got_b = a[t].read(), b[t].read()
-            want = expected_array(m, huid, t)
-            assert got_a.dtype == got_b.dtype == want.dtype
-            np.testing.assert_array_equal(got_a, want)
-            np.testing.assert_array_equal(got_b, want)
-
-    # The rows in the catalog are the same, column by column.
-    ing_ham = node_id(catalog, "NiPS3_per_entity", key)
-    http_ham = node_id(catalog, "viahttp", key)
-    assert ing_ham is not None and http_ham is not None
-    pairs = [(ing_ham, http_ham)] + [(node_id(catalog, "NiPS3_per_entity", key, t), node_id(catalog, "viahttp", key, t))
-                                     for t in types]
-
-    def node_row(nid: int) -> tuple:
-        family, md, specs = sql(catalog, "SELECT structure_family, metadata, specs FROM nodes WHERE id = ?", nid)[0]
-        return family, json.loads(md), json.loads(specs)
-
-    def sources(nid: int) -> list[tuple]:
-        rows = sql(catalog, "SELECT id, structure_id, mimetype, parameters, properties, management, structure_family "
-                            "FROM data_sources WHERE node_id = ? ORDER BY id", nid)
-        out = []
-        for ds_id, sid, mt, params, props, mgmt, fam in rows:
-            assoc = sql(catalog, "SELECT asset_id, parameter, num FROM data_source_asset_association "
-                                 "WHERE data_source_id = ?", ds_id)
-            out.append((sid, mt, json.loads(params), json.loads(props), mgmt, fam, assoc))
-        return out
-
-    def closure(nid: int) -> tuple[list[int], int]:
-        rows = sql(catalog, "SELECT ancestor, depth FROM nodes_closure WHERE descendant = ?", nid)
-        return sorted(d for _, d in rows), len(rows)
-
-    for mine, http in pairs:
-        assert node_row(mine) == node_row(http)
-        assert sources(mine) == sources(http)
-        assert closure(mine) == closure(http)
-        # Each closure row points at the real ancestor at that depth.
-        parent_of = dict(sql(catalog, "SELECT id, parent FROM nodes"))
-        for nid in (mine, http):
-            chain, cur = [nid], nid
-            while parent_of.get(cur) is not None:
-                cur = parent_of[cur]
-                chain.append(cur)
-            assert sorted(sql(catalog, "SELECT ancestor, depth FROM nodes_closure WHERE descendant = ?", nid)) == \
-                sorted((anc, d) for d, anc in enumerate(chain))
-            (fts_md,) = sql(catalog, "SELECT metadata FROM metadata_fts5 WHERE rowid = ?", nid)[0]
-            assert json.loads(fts_md) == node_row(nid)[1]
-            assert sql(catalog, "SELECT count(*) FROM metadata_fts5_docsize WHERE id = ?", nid) == [(1,)]
-
-    # Array data sources: one structure row each, one asset row per file (the HTTP path reused ours).
-    for mine, http in pairs[1:]:
-        s_mine, s_http = sources(mine), sources(http)
-        assert len(s_mine) == 1 and s_mine[0][0] is not None
-        assert sql(catalog, "SELECT count(*) FROM structures WHERE id = ?", s_mine[0][0]) == [(1,)]
-        assert s_mine[0][6] == s_http[0][6] and s_mine[0][6][0][1:] == ("data_uri", None)
-    (asset_id,) = {sources(n)[0][6][0][0] for pair in pairs[1:] for n in pair}
-    (uri,) = sql(catalog, "SELECT data_uri FROM assets WHERE id = ?", asset_id)[0]
-    art = m.art.to_pandas()
-    (file,) = set(art[art.huid == huid].file)
-    assert uri == f"file://localhost{Path(m.description.root) / file}"
-    assert sql(catalog, "SELECT count(*) FROM assets WHERE data_uri = ?", uri) == [(1,)]
-    assert sql(catalog, "SELECT count(*) FROM assets") == sql(catalog, "SELECT count(DISTINCT data_uri) FROM assets")
-
-    # Full-text search finds both Hamiltonians by their huid, and the index agrees with the table.
-    assert {ing_ham, http_ham} <= fts_match(catalog, huid)
-    fts_integrity(catalog)
-    assert set(orphans(catalog).values()) == {0}
+# (tests/test_integrity.py: every column of every table, on both backends)
 
 
 # --------------------------------------------------------------------------- 4. sweepcat delete

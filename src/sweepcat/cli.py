@@ -235,6 +235,8 @@ def ingest_cmd(
     verify_all: bool = typer.Option(False, "--verify-all", help="Open every HDF5 file to check it (default: up to 2,000 files, sampled)."),
     move_root: bool = typer.Option(False, "--move-root", help="The dataset's files moved: record the manifests' "
                                    "root as its new data root (its files are checked there like a new dataset's)."),
+    wait: float = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for another writer (an ingest, a "
+                               "register, a server write) to release the catalog before giving up."),
 ) -> None:
     """Write manifests straight into Tiled's catalog database: fast, atomic, idempotent.
 
@@ -258,7 +260,7 @@ def ingest_cmd(
             m = read_manifests(ham_path, art_path, base_dir=base_dir, label=label)
             with phase_progress(f"ingest {m.description.key}") as advance:
                 result = ingest(m, catalog, update=update, prune=prune, move_root=move_root,
-                                verify_sample=None if verify_all else 2000, progress=advance)
+                                verify_sample=None if verify_all else 2000, progress=advance, wait=wait)
             if result.created_catalog:
                 out.print(f"created catalog {result.catalog}")
             out.print(str(result))

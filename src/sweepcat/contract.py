@@ -53,7 +53,8 @@ ART_SUFFIX = "_artifacts.parquet"
 
 # Tiled keys become URL path segments: keep them plain.
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-+=@:]+$")
-RESERVED_KEYS = frozenset({"_axes"})  # node names sweepcat uses itself
+AXES_KEY = "_axes"  # top-level container of every dataset's shared axes: /_axes/<DATASET>/<name>
+RESERVED_KEYS = frozenset({AXES_KEY})  # node names sweepcat uses itself
 
 
 def key_problem(key: Any) -> str | None:
@@ -191,8 +192,10 @@ def locator_urls(root: str, files: "pd.Series", datasets: "pd.Series", indices: 
 # --------------------------------------------------------------------------- asset URIs
 
 # Tiled's client writes ``file://localhost`` + the raw path; only characters that would change how the URI
-# parses are escaped here, so that every ordinary path gives exactly the URI Tiled's own client writes.
-_URI_UNSAFE = str.maketrans({"%": "%25", "#": "%23", "?": "%3F"})
+# parses are escaped here (``#`` and ``?`` end the path, ``%`` starts an escape, and URL parsers drop tabs
+# and newlines), so that every ordinary path gives exactly the URI Tiled's own client writes.
+_URI_UNSAFE = str.maketrans({"%": "%25", "#": "%23", "?": "%3F",
+                             **{chr(c): f"%{c:02X}" for c in (*range(32), 127)}})
 
 
 def asset_uri(path: str | os.PathLike) -> str:
@@ -210,9 +213,12 @@ def asset_path(uri: str) -> str:
     return path
 
 
-def locator_of_source(parameters: Any, data_uri: str, where: str) -> Locator:
+def locator_of_source(parameters: Any, data_uri: str | None, where: str) -> Locator:
     """The locator a sweepcat data source holds: ``{"dataset": str, "index": int >= 0 or absent}`` and an
     absolute file URI. Anything else (written through Tiled's API) is refused naming ``where``."""
+    if data_uri is None:
+        raise SourceInvalid(f"{where}: it has no file asset (removed through Tiled's API?)",
+                            "recreate the node with its file, or delete it (sweepcat delete)")
     p = parameters if isinstance(parameters, dict) else None
     dataset = p.get("dataset") if p else None
     index = p.get("index") if p else None
@@ -302,6 +308,18 @@ def _bad_keys(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 MAX_EXACT_INT = 2**53  # integers beyond this are not exact in JSON numbers or float64
+
+
+def parameter_name_problem(name: str) -> str | None:
+    """Why a Hamiltonians column name cannot name a parameter; None if it can. Quotes, backslashes and
+    control characters cannot be addressed inside the catalog's JSON (SQLite's JSON paths have no escapes)."""
+    if not name.strip():
+        return "is blank"
+    bad = sorted({c for c in name if c in '"\\' or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return (f"contains {', '.join(repr(c) for c in bad)}: parameter names may not hold quotes, backslashes or "
+                "control characters")
+    return None
 
 
 def parameter_type_problem(name: str, t: pa.DataType) -> str | None:
@@ -431,7 +449,7 @@ class ManifestChecker:
     def _check_ham_schema(self, schema: pa.Schema) -> None:
         ok = self._required(self.ham_name, schema, HAM_REQUIRED)
         for col in parameter_columns(schema):
-            why = parameter_type_problem(col, schema.field(col).type)
+            why = parameter_name_problem(col) or parameter_type_problem(col, schema.field(col).type)
             if why:
                 self._schema.append(Problem(f"{self.ham_name} column {col!r}", why, "fix the generator or the files, "
                                             "then regenerate the manifests"))
@@ -490,13 +508,23 @@ class ManifestChecker:
                                     f"parameter is not finite ({arr[int(rows[0])].as_py()!r} at row "
                                     f"{int(rows[0]) + offset})",
                                     "fix the simulation output, or regenerate with --nan-policy null|skip")
+            elif _is_string(arr.type):
+                self._check_nul(self.ham_name, col, arr, offset)
             elif pa.types.is_integer(arr.type) and arr.null_count < len(arr):
-                big = _mask(pc.greater(pc.abs_checked(pc.cast(arr, pa.float64())), float(MAX_EXACT_INT)))
+                big = _mask(pc.greater(pc.abs_checked(pc.cast(arr, pa.float64(), safe=False)), float(MAX_EXACT_INT)))
                 if big.any():
                     rows = _rows(big)
                     self._found.add(("bigint", col), self.ham_name, f"column {col!r}", rows + offset,
                                     f"integer {arr[int(rows[0])].as_py()} is beyond 2**53, which parameters "
                                     "cannot hold exactly", "store it as a string, or scale it")
+
+    def _check_nul(self, manifest: str, col: str, arr: pa.ChunkedArray, offset: int) -> None:
+        nul = _mask(pc.match_substring(arr, "\x00"))
+        if nul.any():
+            rows = _rows(nul)
+            self._found.add(("nul", manifest, col), manifest, f"column {col!r}", rows + offset,
+                            f"text holds a NUL character (U+0000) at row {int(rows[0]) + offset}, which the catalog's "
+                            "JSON cannot store (PostgreSQL refuses it)", "remove NUL characters in the generator")
 
     def add_art(self, art: pa.Table) -> None:
         offset, self.art_rows = self.art_rows, self.art_rows + art.num_rows
@@ -519,6 +547,9 @@ class ManifestChecker:
         pair = pc.binary_join_element_wise(pc.cast(a_huid, pa.string()), pc.cast(a_type, pa.string()), "\x00")
         self._pair.add(hash64(pair.take(good)), good + offset)
 
+        for col in art.column_names:
+            if col not in ("huid", "type") and _is_string(art.schema.field(col).type):
+                self._check_nul(self.art_name, col, art.column(col), offset)
         files = art.column("file")
         for file in pc.unique(files).to_pylist():
             why = path_problem(file, self.root)
@@ -535,7 +566,7 @@ class ManifestChecker:
                             "is empty", "give the HDF5 dataset path, e.g. /RIXS")
         if "index" in art.column_names and not pa.types.is_null(art.schema.field("index").type):
             col = art.column("index")
-            as_float = pc.cast(col, pa.float64())
+            as_float = pc.cast(col, pa.float64(), safe=False)
             bad = _mask(pc.or_kleene(pc.or_kleene(pc.less(as_float, 0), pc.not_equal(as_float, pc.floor(as_float))),
                                      pc.greater_equal(as_float, float(MAX_EXACT_INT))))
             if bad.any():

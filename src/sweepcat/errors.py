@@ -50,3 +50,12 @@ class SourceInvalid(SweepcatError):
 
 class DatasetChanged(SweepcatError):
     """A dataset changed between the query that found rows and a read of them (HTTP 409)."""
+
+
+class CatalogBusy(SweepcatError):
+    """Another writer holds the catalog's write lock for longer than this writer would wait."""
+
+    def __init__(self, catalog: str, waited: float):
+        super().__init__(f"catalog {catalog} is being written by another process (an ingest, a register, a delete or "
+                         f"a write through Tiled holds its write lock); waited {waited:g} s",
+                         "run this again when that write has finished, or wait longer with --wait SECONDS")

@@ -87,6 +87,10 @@ class FileRule:
         """Roots already resolved when they were configured or recorded: never resolved again."""
         return cls(tuple(sorted(set(real_roots))), what)
 
+    def contains(self, real_path: str) -> bool:
+        """An already resolved path lies inside the roots (the caller resolved it once, and uses that)."""
+        return _inside(real_path, self.roots)
+
     def covers(self, directory: str | os.PathLike) -> bool:
         """The real path of ``directory`` lies inside the roots (for data roots, not for opening files)."""
         return _inside(os.path.realpath(os.fspath(directory)), self.roots)

@@ -10,8 +10,10 @@ import re
 import sqlite3
 from typing import Any, Iterable, Sequence
 
-from ..errors import SweepcatError
+from ..errors import CatalogBusy, SweepcatError
 from .schema import CatalogURI
+
+WRITE_WAIT = 30.0  # seconds a writer waits for another writer's lock before saying who holds it
 
 
 def _literal(value: Any) -> str:
@@ -46,7 +48,12 @@ class Database:
         """Bulk-insert rows (COPY on PostgreSQL); ``constants`` are columns with one value for every row."""
         raise NotImplementedError
 
-    def begin(self) -> None:
+    def begin(self, wait: float = WRITE_WAIT) -> None:
+        """A write transaction; SQLite takes the write lock now, waiting at most ``wait`` seconds."""
+        raise NotImplementedError
+
+    def lock_for_bulk(self, wait: float = WRITE_WAIT) -> None:
+        """Inside ``begin``: keep every other writer out of Tiled's tables until commit (ids come from max(id))."""
         raise NotImplementedError
 
     def begin_read(self) -> None:
@@ -82,6 +89,7 @@ class SQLiteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(self, path: str):
+        self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the write lock up front).
         # check_same_thread=False: a pooled connection moves between threads, one user at a time.
         self.con = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
@@ -111,8 +119,19 @@ class SQLiteDatabase(Database):
         values = ["?"] * len(columns) + [_literal(v) for v in constants.values()]
         self.con.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", rows)
 
-    def begin(self) -> None:
-        self.con.execute("BEGIN IMMEDIATE")
+    def begin(self, wait: float = WRITE_WAIT) -> None:
+        self.con.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise CatalogBusy(self.path, wait) from None
+            raise
+        finally:
+            self.con.execute("PRAGMA busy_timeout=60000")
+
+    def lock_for_bulk(self, wait: float = WRITE_WAIT) -> None:
+        pass  # BEGIN IMMEDIATE holds the database's one write lock already
 
     def begin_read(self) -> None:
         self.con.execute("BEGIN")  # deferred: a read transaction from the first read on
@@ -143,6 +162,7 @@ class PostgresDatabase(Database):
             raise SweepcatError(f"cannot connect to PostgreSQL at {display} ({exc})",
                                 "check host, port, user and database") from None
         self.tx = None
+        self.display = display
 
     def _run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -167,9 +187,21 @@ class PostgresDatabase(Database):
             columns = [*columns, *constants]
         self._run(self.con.copy_records_to_table(table, records=rows, columns=list(columns)))
 
-    def begin(self) -> None:
+    def begin(self, wait: float = WRITE_WAIT) -> None:
         self.tx = self.con.transaction()
         self._run(self.tx.start())
+
+    def lock_for_bulk(self, wait: float = WRITE_WAIT) -> None:
+        import asyncpg
+
+        # EXCLUSIVE lets the server keep reading while no one else writes.
+        self.execute(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
+        try:
+            self.execute("LOCK TABLE nodes, data_sources, assets, structures, data_source_asset_association "
+                         "IN EXCLUSIVE MODE")
+        except asyncpg.exceptions.LockNotAvailableError:
+            raise CatalogBusy(self.display, wait) from None
+        self.execute("SET LOCAL lock_timeout = 0")
 
     def begin_read(self) -> None:
         self.tx = self.con.transaction(isolation="repeatable_read", readonly=True)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..contract import RESERVED_KEYS
+from ..contract import AXES_KEY, RESERVED_KEYS
 from ..errors import SweepcatError
 from . import params
 from .db import Database, connect
-from .plan import compact_json
+from .plan import compact_json, summary_of
 from .schema import CatalogURI, ensure_catalog
 
 
@@ -68,7 +68,7 @@ def execute_delete(cat: CatalogURI, plan: DeletePlan) -> None:
 
 def axes_of(db: Database, dataset: str) -> list[int]:
     """The node of a dataset's shared axes, /_axes/<dataset>, if sweepcat made it."""
-    axes_root = params.meta_get(db, "axes_node")
+    axes_root = params.owned_node(db, AXES_KEY)
     if axes_root is None:
         return []
     return [int(i) for (i,) in db.fetch("SELECT id FROM nodes WHERE parent = ? AND key = ?", int(axes_root), dataset)]
@@ -106,8 +106,9 @@ def refresh_counts(db: Database, dataset_id: int) -> None:
     """The dataset node's recorded counts of Hamiltonians and artifacts, after nodes came or went."""
     row = db.fetch("SELECT metadata FROM nodes WHERE id = ?", dataset_id)
     md = json.loads(row[0][0]) if isinstance(row[0][0], str) else dict(row[0][0] or {})
-    sc = md.setdefault("sweepcat", {})
-    sc.setdefault("provenance", {})["catalog_counts"] = count_children(db, dataset_id)
+    md = md if isinstance(md, dict) else {}
+    md["sweepcat"] = summary = summary_of(md)
+    summary["provenance"]["catalog_counts"] = count_children(db, dataset_id)
     db.execute("UPDATE nodes SET metadata = ?, time_updated = CURRENT_TIMESTAMP WHERE id = ?", compact_json(md),
                dataset_id)
 

@@ -25,6 +25,7 @@ from ..h5open import FileRule, Opener
 from ..h5read import Stack, read_stacked
 from . import params
 from .db import Database, connect
+from .plan import summary_of
 from .query import datasets_in
 from .schema import MIMETYPE, CatalogURI
 
@@ -198,30 +199,37 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
         "SELECT n.parent, n.key, ds.parameters, a.data_uri, st.structure, ds.structure_id FROM nodes p "
         "JOIN nodes n ON n.parent = p.id JOIN data_sources ds ON ds.node_id = n.id "
         "JOIN structures st ON st.id = ds.structure_id "
-        "JOIN data_source_asset_association x ON x.data_source_id = ds.id AND x.parameter = 'data_uri' "
-        "JOIN assets a ON a.id = x.asset_id WHERE p.parent = ? AND ds.mimetype = ?", index.dataset_id, MIMETYPE)
+        "LEFT JOIN data_source_asset_association x ON x.data_source_id = ds.id AND x.parameter = 'data_uri' "
+        "LEFT JOIN assets a ON a.id = x.asset_id WHERE p.parent = ? AND ds.mimetype = ?", index.dataset_id, MIMETYPE)
     position = {int(node): i for i, node in enumerate(index.table.node_id.tolist())}
     n = len(index.table)
+    # Each type's structure is the one most of its arrays share (node metadata and data sources are
+    # writable through Tiled's API: one odd array is refused by name, never the others because of it).
+    votes: dict[str, dict[Any, int]] = {}
+    for parent, type_, _, _, _, structure_id in rows:
+        if int(parent) in position:
+            counts = votes.setdefault(type_, {})
+            counts[structure_id] = counts.get(structure_id, 0) + 1
+    reference = {t: max(sorted(c), key=c.__getitem__) for t, c in votes.items()}
     out: dict[str, TypeLocators] = {}
     path_ids: dict[str, dict[str, int]] = {}
-    structure_of: dict[str, str] = {}
     for parent, type_, parameters, uri, structure, structure_id in rows:
         pos = position.get(int(parent))
         if pos is None:
             continue  # not a Hamiltonian of the index
         t = out.get(type_)
         if t is None:
-            s = ArrayStructure.from_json(json.loads(structure) if isinstance(structure, str) else structure)
-            t = TypeLocators(type_, tuple(s.shape), s.data_type.to_numpy_dtype(), tuple(s.dims) if s.dims else None,
-                             [], np.full(n, -1, np.int32), np.full(n, "", dtype=object), np.full(n, -1, np.int64))
-            out[type_] = t
+            t = out[type_] = _empty_type(type_, n)
             path_ids[type_] = {}
-            structure_of[type_] = structure_id
         try:
+            if structure_id != reference[type_]:
+                raise SourceInvalid(f"its structure differs from that of the other {type_!r} arrays")
+            if t.dtype is None:
+                s = ArrayStructure.from_json(json.loads(structure) if isinstance(structure, str) else structure)
+                t.shape, t.dtype = tuple(s.shape), s.data_type.to_numpy_dtype()
+                t.dims = tuple(s.dims) if s.dims else None
             p = json.loads(parameters) if isinstance(parameters, str) else parameters
             loc = locator_of_source(p, uri, "its data source")
-            if structure_id != structure_of[type_]:
-                raise SourceInvalid(f"its structure differs from the other {type_!r} arrays'")
         except SourceInvalid as exc:  # written through Tiled's API: refused when read, never guessed
             t.file_idx[pos] = INVALID
             t.invalid[pos] = exc.message.removeprefix("its data source: ")
@@ -234,6 +242,16 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
         t.datasets[pos] = loc.dataset
         t.indices[pos] = -1 if loc.index is None else loc.index
     return out
+
+
+def _empty_type(name: str, n: int) -> TypeLocators:
+    return TypeLocators(name, (), None, None, [], np.full(n, -1, np.int32), np.full(n, "", dtype=object),  # type: ignore[arg-type]
+                        np.full(n, -1, np.int64))
+
+
+def _dtype_text(dtype: np.dtype) -> str:
+    """'float64' for native byte order (as manifests write it), the explicit '>f8' otherwise."""
+    return dtype.name if dtype.isnative else dtype.str
 
 
 class IndexCache:
@@ -291,7 +309,9 @@ class IndexCache:
                 return cached
             db.begin_read()  # the version, the parameters and the locators: one snapshot
             try:
-                reg = params.registry(db, dataset) or reg
+                reg = params.registry(db, dataset)
+                if reg is None:  # deleted meanwhile
+                    raise LookupError(dataset)
                 table = params.load(db, reg)
                 md = db.fetch("SELECT metadata FROM nodes WHERE id = ?", reg.dataset_id)[0][0]
                 md = json.loads(md) if isinstance(md, str) else md
@@ -304,12 +324,18 @@ class IndexCache:
         return index
 
     def datasets(self) -> list[dict[str, Any]]:
+        """Each dataset's summary. Counts, shapes and dtypes come from the index (the catalog's rows);
+        labels, ranges and axes from the dataset's metadata, read defensively (any Tiled client can edit it)."""
         with self.connection() as db:
             entries = datasets_in(db)
         out = []
         for d in entries:
-            sc = d.metadata.get("sweepcat") or {}
-            out.append({"key": d.key, "label": sc.get("label", d.key), "hamiltonians": len(self.get(d.key).table),
-                        "artifacts": sc.get("artifacts", {}), "parameters": sc.get("parameters", {}),
-                        "shared_axes": sc.get("shared_axes", {}), "root": d.root})
+            index = self.get(d.key)
+            summary = summary_of(d.metadata)
+            artifacts = {name: {**summary["artifacts"].get(name, {}), "shape": list(t.shape),
+                                "dtype": _dtype_text(t.dtype)}
+                         for name, t in index.types.items() if t.dtype is not None}
+            out.append({"key": d.key, "label": summary.get("label", d.key), "hamiltonians": len(index.table),
+                        "artifacts": artifacts, "parameters": summary["parameters"],
+                        "shared_axes": summary["shared_axes"], "root": d.root, "version": index.version})
         return out

@@ -33,13 +33,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import ManifestChecker, Manifests, asset_uri, hash64, key_problem
+from ..contract import AXES_KEY, ManifestChecker, Manifests, asset_uri, hash64, key_problem
 from ..errors import ContractError, SweepcatError
-from ..h5open import Opener, session
+from ..h5open import FileRefused, FileRule, Opener
 from . import params
-from .db import Database, connect
+from .db import WRITE_WAIT, Database, connect
 from .delete import count_children, delete_node_ids
-from .plan import (AXES_KEY, ParameterSummary, TypePlan, artifact_metadata, compact_json, data_source_parameters,
+from .plan import (merged_range, summary_of, ParameterSummary, TypePlan, artifact_metadata, compact_json, data_source_parameters,
                    dataset_metadata, first_of_each_type, hamiltonian_metadata, provenance, structure_for, type_plan)
 from .schema import MIMETYPE, REPLACED_TRIGGERS, CatalogURI, check_triggers, ensure_catalog, parse_catalog
 from .verify import AxisInfo, FileSample, read_axes, verify_sample
@@ -96,6 +96,7 @@ class Survey:
     huid_rows: np.ndarray  # the Hamiltonian row of each sorted hash
     key_hashes: np.ndarray  # sorted
     axes: list[AxisInfo]
+    real_root: str  # the data root resolved once: what is checked, verified against and recorded
 
     @property
     def key(self) -> str:
@@ -110,15 +111,36 @@ class Survey:
         return self.huid_rows[np.searchsorted(self.huid_hashes, hash64(huids))]
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def prepare(manifests: Manifests, *, verify_sample_files: int | None = 2000, opener: Opener | None = None,
-            progress: Progress | None = None, batch_rows: int = BATCH_ROWS) -> Survey:
-    """The first pass: every contract rule, the files' headers (a sample), the summary. Writes nothing."""
+            progress: Progress | None = None, batch_rows: int = BATCH_ROWS, within: FileRule | None = None) -> Survey:
+    """The first pass: every contract rule, the files' headers (a sample), the summary. Writes nothing.
+
+    The data root is resolved once, here; with ``within`` (a server's readable storage) that one real
+    path must lie inside it, and it is the path the files are verified under and the one recorded."""
     say = progress or (lambda *_: None)
     d = manifests.description
     why = key_problem(d.key)
     if why:
         raise SweepcatError(f"dataset key {d.key!r} cannot name a dataset: it {why}",
                             "choose another label (--label) or `key:` in the spec")
+    if _holds_nul(d.metadata):
+        raise SweepcatError(f"the description of dataset {d.key!r} holds a NUL character (U+0000) in its metadata, "
+                            "which the catalog's JSON cannot store", "remove it from the spec's metadata")
+    real_root = os.path.realpath(d.root)
+    if within is not None and not within.contains(real_root):
+        raise FileRefused(d.root, f"the dataset root lies outside this server's {within.what} "
+                                  f"({', '.join(within.roots) or 'none'})",
+                          "ask the operator to add a directory that holds it (sweepcat serve --readable DIR)")
     n_ham, n_art = manifests.num_ham, manifests.num_art
     checker = ManifestChecker(root=d.root, check_files_exist=True, value_at=manifests.value_at)
     summary = ParameterSummary()
@@ -150,7 +172,7 @@ def prepare(manifests: Manifests, *, verify_sample_files: int | None = 2000, ope
         raise SweepcatError(f"the artifacts manifest has no {' or '.join(missing)} column",
                             "regenerate it with `sweepcat manifest` (it records shape and dtype per artifact)")
     types = {name: type_plan(name, f["dataset"], f["shape"], f["dtype"], f["axes"]) for name, f in firsts.items()}
-    opener = opener or session([d.root])
+    opener = opener or Opener(FileRule.of([real_root], "the dataset root"))
     files = len(sample.groups)
     say("verifying files", 0, files)
     done_files = [0]
@@ -166,7 +188,7 @@ def prepare(manifests: Manifests, *, verify_sample_files: int | None = 2000, ope
     key_hashes, _ = checker.hash_index("key")
     return Survey(manifests, n_ham, n_art, types, summary.entries,
                   params.searchable_columns(schema) if schema is not None else {}, huid_hashes, huid_rows,
-                  key_hashes, read_axes(d.shared_axes, d.root, opener))
+                  key_hashes, read_axes(d.shared_axes, d.root, opener), real_root)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -175,26 +197,29 @@ def prepare(manifests: Manifests, *, verify_sample_files: int | None = 2000, ope
 def ingest(manifests: Manifests, catalog: str | CatalogURI | None = None, *, update: bool = False,
            prune: bool = False, move_root: bool = False, verify_sample: int | None = 2000,
            progress: Progress | None = None, opener: Opener | None = None,
-           batch_rows: int = BATCH_ROWS) -> IngestResult:
+           batch_rows: int = BATCH_ROWS, root_rule: FileRule | None = None,
+           wait: float = WRITE_WAIT) -> IngestResult:
     """Write one dataset's manifests into a catalog: atomic, idempotent, incremental, bounded in memory.
 
     Files are checked under ``opener``'s file rule (default: the dataset root). A dataset's recorded
-    data root changes only with ``move_root`` (its files are checked like a new dataset's)."""
+    data root changes only with ``move_root`` (its files are checked like a new dataset's). With
+    ``root_rule`` (a server's readable storage), the root must lie inside it. Another writer's lock is
+    waited for ``wait`` seconds, then refused naming it (``CatalogBusy``)."""
     t0 = time.perf_counter()
     say = progress or (lambda *_: None)
     cat = catalog if isinstance(catalog, CatalogURI) else parse_catalog(catalog)
     survey = prepare(manifests, verify_sample_files=verify_sample, opener=opener, progress=say,
-                     batch_rows=batch_rows)
+                     batch_rows=batch_rows, within=root_rule)
     t_prep = time.perf_counter()
     say("locking", 0, 1)
     created = ensure_catalog(cat)
     result = IngestResult(cat.display, survey.key, created_catalog=created)
     result.phases["prepare"] = t_prep - t0
     with connect(cat) as db:
-        db.begin()
+        db.begin(wait)
         try:
             _Writer(db, survey, result, update=update, prune=prune, move_root=move_root, say=say,
-                    batch_rows=batch_rows).run()
+                    batch_rows=batch_rows, wait=wait).run()
             say("committing", 0, 1)
             t = time.perf_counter()
             db.commit()
@@ -228,10 +253,10 @@ class _Writer:
     """The second pass, inside the caller's transaction."""
 
     def __init__(self, db: Database, survey: Survey, result: IngestResult, *, update: bool, prune: bool,
-                 move_root: bool, say: Progress, batch_rows: int):
+                 move_root: bool, say: Progress, batch_rows: int, wait: float = WRITE_WAIT):
         self.db, self.s, self.result = db, survey, result
         self.update, self.prune, self.move_root = update, prune, move_root
-        self.say, self.batch_rows = say, batch_rows
+        self.say, self.batch_rows, self.wait = say, batch_rows, wait
         self.ham_ids = np.zeros(survey.n_ham, dtype=np.int64)
         self.ham_new = np.zeros(survey.n_ham, dtype=bool)
 
@@ -253,7 +278,7 @@ class _Writer:
                 f"{', '.join(sorted(md)[:8]) or 'none'}); sweepcat never writes into nodes it does not own",
                 "ingest under another key (--label NEW); if sweepcat's own `register --stock` made it, adopt it "
                 f"first with `sweepcat reindex {key} --catalog ...`")
-        if reg.root is not None and reg.root != os.path.realpath(self.s.root) and not self.move_root:
+        if reg.root is not None and reg.root != self.s.real_root and not self.move_root:
             raise SweepcatError(
                 f"dataset {key!r} was ingested from {reg.root}; these manifests say its data lives in {self.s.root}",
                 "a dataset's data root changes only on request: pass --move-root (every file is checked in the new "
@@ -264,8 +289,8 @@ class _Writer:
         """The top-level container of shared axes, created by sweepcat (and recorded as its own)."""
         db = self.db
         row = db.fetch("SELECT id FROM nodes WHERE parent = 0 AND key = ?", AXES_KEY)
-        recorded = params.meta_get(db, "axes_node")
-        if row and recorded != str(row[0][0]):
+        recorded = params.owned_node(db, AXES_KEY)
+        if row and recorded != int(row[0][0]):
             raise SweepcatError(f"a top-level node {AXES_KEY!r} exists that sweepcat did not create; the name is "
                                 "reserved for the datasets' shared axes", f"rename or delete that {AXES_KEY!r} node")
         if row:
@@ -274,7 +299,7 @@ class _Writer:
         db.execute("INSERT INTO nodes (id, parent, key, structure_family, metadata, specs) "
                    "VALUES (?, 0, ?, 'container', ?, '[]')", node_id, AXES_KEY,
                    compact_json({"sweepcat": {"kind": "shared axes"}}))
-        params.meta_set(db, "axes_node", str(node_id))
+        params.own(db, node_id, AXES_KEY)
         return node_id
 
     # ---- the run
@@ -292,7 +317,7 @@ class _Writer:
             raise SweepcatError(f"dataset node {s.key!r} has no closure rows", "the catalog is damaged: run "
                                 "`sweepcat delete` on it, or restore the catalog")
         self.columns = params.ensure_tables(db, self.ds_id, s.key, s.kinds)
-        params.record_root(db, self.ds_id, os.path.realpath(s.root))  # resolved once, here
+        params.record_root(db, self.ds_id, s.real_root)  # resolved once, in prepare: what was checked
         legacy_axes = db.fetch("SELECT id FROM nodes WHERE parent = ? AND key = ?", self.ds_id, AXES_KEY) \
             if self.ds_existed else []
         # Deletes first, while every trigger and foreign key acts (PostgreSQL's replica role would also
@@ -350,11 +375,9 @@ class _Writer:
     def _lock(self) -> bool:
         """Serialise writers; True when Tiled's per-row triggers may be replaced for this transaction."""
         db = self.db
+        db.lock_for_bulk(self.wait)
         if db.dialect == "sqlite":
-            return True  # BEGIN IMMEDIATE already holds the write lock
-        # EXCLUSIVE lets the server keep reading while no one else writes (ids below come from max(id)).
-        db.execute("LOCK TABLE nodes, data_sources, assets, structures, data_source_asset_association "
-                   "IN EXCLUSIVE MODE")
+            return True
         return bool(db.fetch("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0])
 
     def _suspend_tiled_triggers(self, replica: bool) -> tuple[Callable[[], None], list[str]]:
@@ -589,17 +612,12 @@ class _Writer:
         s, old = self.s, self.old_md
         parameters = dict(s.parameters)
         types = dict(s.types)
-        if old and not self.prune:
-            for name, entry in ((old.get("sweepcat") or {}).get("parameters") or {}).items():
-                new = parameters.get(name)
-                if new is None:
-                    parameters[name] = entry
-                elif entry.get("min") is not None and new.get("min") is not None:
-                    parameters[name] = {**new, "min": min(entry["min"], new["min"]),
-                                        "max": max(entry["max"], new["max"])}
+        summary = summary_of(old)
+        if not self.prune:
+            for name, entry in summary["parameters"].items():
+                parameters[name] = merged_range(entry, parameters[name]) if name in parameters else entry
         md = dataset_metadata(s.manifests.description, types, parameters, provenance(s.manifests, s.n_ham, s.n_art))
-        if old and (old.get("sweepcat") or {}).get("artifacts"):
-            md["sweepcat"]["artifacts"] = {**old["sweepcat"]["artifacts"], **md["sweepcat"]["artifacts"]}
+        md["sweepcat"]["artifacts"] = {**summary["artifacts"], **md["sweepcat"]["artifacts"]}
         md["sweepcat"]["provenance"]["catalog_counts"] = count_children(self.db, self.ds_id)
         touched = ", time_updated = CURRENT_TIMESTAMP" if old is not None else ""
         self.db.execute(f"UPDATE nodes SET metadata = ?{touched} WHERE id = ?", compact_json(md), self.ds_id)

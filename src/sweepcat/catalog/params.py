@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from ..contract import RESERVED_KEYS
+from ..contract import RESERVED_KEYS, parameter_name_problem
 from ..errors import SweepcatError
 from .db import Database
 
@@ -157,32 +157,58 @@ def record_root(db: Database, dataset_id: int, root: str) -> None:
 
 
 def recorded_roots(db: Database) -> list[str]:
-    """The data roots sweepcat recorded for its datasets (never taken from node metadata)."""
+    """The data roots sweepcat recorded for its datasets (never taken from node metadata).
+
+    Roots are recorded resolved. One that no longer resolves to itself (a directory on its path was
+    swapped for a symlink since) is left out: resolving it again would widen readable storage to
+    wherever the link points. Its dataset's files are then refused, until the operator re-ingests."""
+    import os
+
     if not registry_exists(db) or not has_root_column(db):
         return []
-    return sorted({r for (r,) in db.fetch(f"SELECT root FROM {REGISTRY} WHERE root IS NOT NULL")})
+    recorded = {r for (r,) in db.fetch(f"SELECT root FROM {REGISTRY} WHERE root IS NOT NULL")}
+    return sorted(r for r in recorded if os.path.realpath(r) == r)
+
+
+def fresh_version(db: Database) -> int:
+    """A new registration's first version: never one an earlier registration under the same node id
+    (Tiled reuses ids) may have had, so a cached index or a pinned result cannot take one for the other.
+    Versions start at the clock in microseconds (each change adds 1: a dataset would need more changes
+    than microseconds passed to reach it) and above every version in the registry."""
+    import time
+
+    top = db.fetch(f"SELECT COALESCE(MAX(version), 0) FROM {REGISTRY}")[0][0]
+    return max(time.time_ns() // 1000, int(top) + 1)
 
 
 def bump(db: Database, dataset_id: int) -> None:
     db.execute(f"UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id = ?", dataset_id)
 
 
-META = "sweepcat_meta"  # sweepcat's facts about the catalog that belong to no dataset
+OWNED = "sweepcat_owned"  # nodes sweepcat made that are not datasets (the /_axes container), by role
 
 
-def meta_get(db: Database, key: str) -> str | None:
-    exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", META)
-              if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", META))
+def _ensure_owned(db: Database) -> None:
+    # ON DELETE CASCADE: a node deleted through any API takes its record along, so a node created
+    # later with the same id (Tiled reuses ids) is never taken for sweepcat's.
+    db.execute(f"CREATE TABLE IF NOT EXISTS {OWNED} (node_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
+               "ON DELETE CASCADE, role TEXT NOT NULL)")
+
+
+def owned_node(db: Database, role: str) -> int | None:
+    """The node sweepcat made for ``role`` (and that still exists), or None."""
+    exists = (db.fetch("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", OWNED)
+              if db.dialect == "sqlite" else db.fetch("SELECT to_regclass(?)", OWNED))
     if not exists or exists[0][0] is None:
         return None
-    row = db.fetch(f"SELECT value FROM {META} WHERE key = ?", key)
-    return row[0][0] if row else None
+    row = db.fetch(f"SELECT o.node_id FROM {OWNED} o JOIN nodes n ON n.id = o.node_id WHERE o.role = ?", role)
+    return int(row[0][0]) if row else None
 
 
-def meta_set(db: Database, key: str, value: str) -> None:
-    db.execute(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute(f"DELETE FROM {META} WHERE key = ?", key)
-    db.execute(f"INSERT INTO {META} (key, value) VALUES (?, ?)", key, value)
+def own(db: Database, node_id: int, role: str) -> None:
+    _ensure_owned(db)
+    db.execute(f"DELETE FROM {OWNED} WHERE role = ?", role)
+    db.execute(f"INSERT INTO {OWNED} (node_id, role) VALUES (?, ?)", node_id, role)
 
 
 # --------------------------------------------------------------------------- the parameter table
@@ -198,10 +224,13 @@ def ensure_tables(db: Database, dataset_id: int, dataset_key: str, wanted: dict[
     _ensure_registry(db)
     reg = registration_by_id(db, dataset_id)
     if reg is None:
-        db.execute(f"CREATE TABLE IF NOT EXISTS {t} (node_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
+        # A table or triggers under this id belong to a dataset deleted through Tiled's API (its registry
+        # row went with its node by cascade; Tiled reuses node ids): they go before the new one is made.
+        drop_dataset(db, dataset_id)
+        db.execute(f"CREATE TABLE {t} (node_id INTEGER PRIMARY KEY REFERENCES nodes(id) "
                    "ON DELETE CASCADE, key TEXT NOT NULL)")
-        db.execute(f"INSERT INTO {REGISTRY} (dataset_id, key, table_name, columns, version) VALUES (?, ?, ?, ?, 0)",
-                   dataset_id, dataset_key, t, _columns_json([]))
+        db.execute(f"INSERT INTO {REGISTRY} (dataset_id, key, table_name, columns, version) VALUES (?, ?, ?, ?, ?)",
+                   dataset_id, dataset_key, t, _columns_json([]), fresh_version(db))
         known: list[Column] = []
     else:
         known = list(reg.columns)
@@ -304,6 +333,11 @@ def install_version_triggers(db: Database) -> None:
     if db.dialect == "sqlite":
         bump_node = f"UPDATE {REGISTRY} SET version = version + 1 WHERE "
         ds_parent = "(SELECT p.parent FROM nodes n JOIN nodes p ON p.id = n.parent WHERE n.id = {}.node_id)"
+        via_link = ("(SELECT p.parent FROM data_sources d JOIN nodes n ON n.id = d.node_id JOIN nodes p ON "
+                    "p.id = n.parent WHERE d.id = {}.data_source_id)")
+        via_asset = ("SELECT p.parent FROM data_source_asset_association x JOIN data_sources d ON d.id = "
+                     "x.data_source_id JOIN nodes n ON n.id = d.node_id JOIN nodes p ON p.id = n.parent "
+                     "WHERE x.asset_id = NEW.id")
         statements = {
             "sweepcat_nodes_ai": ("AFTER INSERT ON nodes", bump_node + _bump_where("NEW.parent")),
             "sweepcat_nodes_au": ("AFTER UPDATE ON nodes", bump_node + _bump_where("OLD.parent") + " OR "
@@ -316,32 +350,65 @@ def install_version_triggers(db: Database) -> None:
                                          + ds_parent.format("OLD") + ")"),
             "sweepcat_data_sources_ad": ("AFTER DELETE ON data_sources",
                                          bump_node + "dataset_id = " + ds_parent.format("OLD")),
+            # An asset attached, detached or re-pointed (Tiled's asset routes, or SQL) moves bytes too.
+            "sweepcat_asset_links_ai": ("AFTER INSERT ON data_source_asset_association",
+                                        bump_node + "dataset_id = " + via_link.format("NEW")),
+            "sweepcat_asset_links_ad": ("AFTER DELETE ON data_source_asset_association",
+                                        bump_node + "dataset_id = " + via_link.format("OLD")),
+            "sweepcat_asset_links_au": ("AFTER UPDATE ON data_source_asset_association",
+                                        bump_node + "dataset_id IN (" + via_link.format("NEW") + ", "
+                                        + via_link.format("OLD") + ")"),
+            "sweepcat_assets_au": ("AFTER UPDATE ON assets", bump_node + "dataset_id IN (" + via_asset + ")"),
         }
         for name, (when, body) in statements.items():
             db.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {when} BEGIN {body}; END")
         return
     db.execute(f"""CREATE OR REPLACE FUNCTION sweepcat_bump_version() RETURNS trigger AS $$
 DECLARE node_id BIGINT; parent_id BIGINT;
+-- Datasets whose node is gone are left alone: a recursive delete through Tiled removes the dataset
+-- node in the same statement, and its registry row goes by cascade (updating it would violate the key).
 BEGIN
   IF current_setting('{BULK_SETTING}', true) = 'on' THEN RETURN NULL; END IF;
-  IF TG_TABLE_NAME = 'data_sources' THEN
+  IF TG_TABLE_NAME = 'assets' THEN
+    UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+      (SELECT p.parent FROM data_source_asset_association x JOIN data_sources d ON d.id = x.data_source_id
+       JOIN nodes n ON n.id = d.node_id JOIN nodes p ON p.id = n.parent WHERE x.asset_id IN (OLD.id, NEW.id));
+    RETURN NULL;
+  END IF;
+  IF TG_TABLE_NAME = 'data_source_asset_association' THEN
+    IF TG_OP = 'UPDATE' AND OLD.data_source_id IS DISTINCT FROM NEW.data_source_id THEN
+      UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+        (SELECT p.parent FROM data_sources d JOIN nodes n ON n.id = d.node_id JOIN nodes p ON p.id = n.parent
+         WHERE d.id = OLD.data_source_id);
+    END IF;
+    SELECT d.node_id INTO node_id FROM data_sources d
+      WHERE d.id = CASE WHEN TG_OP = 'DELETE' THEN OLD.data_source_id ELSE NEW.data_source_id END;
+    SELECT n.parent INTO parent_id FROM nodes n WHERE n.id = node_id;
+  ELSIF TG_TABLE_NAME = 'data_sources' THEN
     node_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.node_id ELSE NEW.node_id END;
     SELECT n.parent INTO parent_id FROM nodes n WHERE n.id = node_id;
   ELSE
     parent_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.parent ELSE NEW.parent END;
     IF TG_OP = 'UPDATE' AND OLD.parent IS DISTINCT FROM NEW.parent THEN
-      UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id IN
+      UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
         (OLD.parent, (SELECT parent FROM nodes WHERE id = OLD.parent));
     END IF;
   END IF;
-  UPDATE {REGISTRY} SET version = version + 1 WHERE dataset_id IN
+  UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
     (parent_id, (SELECT parent FROM nodes WHERE id = parent_id));
   RETURN NULL;
 END; $$ LANGUAGE plpgsql""")
-    for table in ("nodes", "data_sources"):
-        if not db.fetch("SELECT 1 FROM pg_trigger WHERE tgname = ?", f"sweepcat_{table}_changed"):
-            db.execute(f"CREATE TRIGGER sweepcat_{table}_changed AFTER INSERT OR UPDATE OR DELETE ON {table} "
-                       "FOR EACH ROW EXECUTE FUNCTION sweepcat_bump_version()")
+    for table, events in (("nodes", "INSERT OR UPDATE OR DELETE"), ("data_sources", "INSERT OR UPDATE OR DELETE"),
+                          ("data_source_asset_association", "INSERT OR UPDATE OR DELETE"), ("assets", "UPDATE")):
+        name = VERSION_TRIGGERS_PG[table]
+        if not db.fetch("SELECT 1 FROM pg_trigger WHERE tgname = ?", name):
+            db.execute(f"CREATE TRIGGER {name} AFTER {events} ON {table} FOR EACH ROW EXECUTE FUNCTION "
+                       "sweepcat_bump_version()")
+
+
+VERSION_TRIGGERS_PG = {"nodes": "sweepcat_nodes_changed", "data_sources": "sweepcat_data_sources_changed",
+                       "data_source_asset_association": "sweepcat_asset_links_changed",
+                       "assets": "sweepcat_assets_changed"}
 
 
 def install_sync_triggers(db: Database, dataset_id: int, columns: list[Column] | tuple[Column, ...]) -> None:
@@ -399,7 +466,8 @@ def suspend_triggers(db: Database) -> Callable[[], None]:
         db.execute(f"SET LOCAL {BULK_SETTING} = 'on'")
         return lambda: db.execute(f"SET LOCAL {BULK_SETTING} = 'off'")
     ours = db.fetch("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sweepcat\\_%' "
-                    "ESCAPE '\\' AND tbl_name IN ('nodes', 'data_sources')")
+                    "ESCAPE '\\' AND tbl_name IN ('nodes', 'data_sources', 'data_source_asset_association', "
+                    "'assets')")
     for name, _ in ours:
         db.execute(f'DROP TRIGGER "{name}"')
 
@@ -470,9 +538,11 @@ def reindex(db: Database, dataset_id: int, dataset_key: str) -> tuple[int, list[
             kind = _kind_of_value(value)
             if kind is not None and name != "key":
                 kinds.setdefault(name, set()).add(kind)
-    wanted = {name: (TEXT if len(k) > 1 else next(iter(k))) for name, k in kinds.items()}
+    unnamable = {name: why for name in kinds if (why := parameter_name_problem(name))}
+    wanted = {name: (TEXT if len(k) > 1 else next(iter(k))) for name, k in kinds.items() if name not in unnamable}
     warnings = [f"parameter {name!r} mixes numbers and text across Hamiltonians: indexed as text, so only "
-                "its text values are searchable" for name, k in kinds.items() if len(k) > 1]
+                "its text values are searchable" for name, k in kinds.items() if len(k) > 1 and name in wanted]
+    warnings += [f"metadata key {name!r} {why}: not indexed" for name, why in unnamable.items()]
     t = table_name(dataset_id)
     _ensure_registry(db)
     old = registration_by_id(db, dataset_id)

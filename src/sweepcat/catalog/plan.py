@@ -19,10 +19,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..contract import ART_STANDARD, HAM_REQUIRED, DatasetDescription, Manifests, file_sha256, shape_text
+from ..contract import ART_STANDARD, AXES_KEY, HAM_REQUIRED, DatasetDescription, Manifests, file_sha256, shape_text
 from .schema import MIMETYPE
 
-AXES_KEY = "_axes"  # top-level container of every dataset's shared axes: /_axes/<DATASET>/<name>
 
 
 def compact_json(value: Any) -> str:
@@ -206,6 +205,33 @@ def provenance(m: Manifests, n_ham: int, n_art: int) -> dict[str, Any]:
             "artifacts": {"path": str(m.art_path) if m.art_path else None, "sha256": file_sha256(m.art_path)},
         }
     return out
+
+
+def summary_of(metadata: Any) -> dict[str, Any]:
+    """sweepcat's summary in a dataset node's metadata, with each known section a dict of dicts.
+
+    Node metadata is writable through Tiled's API: a value of another shape reads as absent (and is
+    rewritten by the next ingest), never as an error in the operator's commands or a 500."""
+    summary = metadata.get("sweepcat") if isinstance(metadata, dict) else None
+    out = dict(summary) if isinstance(summary, dict) else {}
+    for section in ("parameters", "artifacts", "shared_axes"):
+        entries = out.get(section)
+        out[section] = {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+    if not isinstance(out.get("provenance"), dict):
+        out["provenance"] = {}
+    if not isinstance(out.get("label"), str):
+        out.pop("label", None)
+    return out
+
+
+def merged_range(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's summary over an earlier ingest's and this one's rows (numeric ranges widen)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if all(number(e.get(k)) for e in (old, new) for k in ("min", "max")):
+        return {**new, "min": min(old["min"], new["min"]), "max": max(old["max"], new["max"])}
+    return new
 
 
 def dataset_metadata(d: DatasetDescription, types: dict[str, TypePlan], parameters: dict[str, Any],

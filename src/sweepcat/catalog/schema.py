@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import SweepcatError
+from ..errors import CatalogBusy, SweepcatError
 
 if TYPE_CHECKING:  # db imports this module
     from .db import Database
@@ -98,8 +98,9 @@ def sqlite_revision(path: Path) -> str | None:
         if "not a database" in str(exc) or "malformed" in str(exc):
             raise SweepcatError(f"{path} is not a SQLite database ({exc})",
                                 "point --catalog at a Tiled catalog file, or at a new file name") from None
-        raise SweepcatError(f"catalog {path} cannot be opened ({exc})",
-                            "check its permissions, and that no other program holds it locked") from None
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise CatalogBusy(str(path), 60) from None
+        raise SweepcatError(f"catalog {path} cannot be opened ({exc})", "check its permissions") from None
     finally:
         con.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..catalog.schema import parse_catalog
+from ..errors import SweepcatError
+from .config import RAW_ASSETS
 from .policy import ServerPolicy
 
 
@@ -52,7 +54,11 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
 
     from .fastpath import LocatorFastPath
 
-    app = build_app_from_config(config)
+    if config.get(RAW_ASSETS):
+        raise SweepcatError(f"the server config sets {RAW_ASSETS}: true, which lets any reader download the files "
+                            "behind a node (its URI alone decides), past sweepcat's file rule and byte budget",
+                            f"remove {RAW_ASSETS} from the config (sweepcat servers keep it off)")
+    app = build_app_from_config({**config, RAW_ASSETS: False})
     overrides = app.dependency_overrides
     if set(overrides) == {get_settings} and overrides[get_settings]() is get_settings():
         app.dependency_overrides = _SettledOverrides(overrides, (get_settings, overrides[get_settings]))

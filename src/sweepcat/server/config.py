@@ -18,6 +18,9 @@ def new_api_key() -> str:
     return secrets.token_hex(16)  # Tiled requires an alphanumeric key
 
 
+RAW_ASSETS = "expose_raw_assets"  # Tiled's setting; sweepcat servers keep it off
+
+
 def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str, public: bool = False,
                   host: str = "127.0.0.1", port: int = 8000) -> dict[str, Any]:
     """A complete Tiled config: our adapter mapping, the dataset roots as readable storage, one API key."""
@@ -36,6 +39,8 @@ def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str
             },
         }],
         "routers": [ROUTER],
+        # Tiled's raw-asset routes open a node's files by their URI alone: no file rule, no byte budget.
+        RAW_ASSETS: False,
         "uvicorn": {"host": host, "port": port},
     }
 

@@ -283,9 +283,14 @@ def for_app(app: Any) -> ServerPolicy:
     from tiled.storage import FileStorage
     from tiled.server.settings import get_settings
 
+    settings = get_settings()
+    if settings.expose_raw_assets:
+        raise HTTPException(status_code=503, detail={
+            "message": "this Tiled server lets clients download raw assets (expose_raw_assets), which serves "
+                       "files without sweepcat's file rule or byte budget; sweepcat's routes stay off until it is off",
+            "hint": "add `expose_raw_assets: false` to the server config (`sweepcat config` writes it)"})
     context = app.state.root_tree.context
     roots = [str(s.path) for s in context.readable_storage.values() if isinstance(s, FileStorage)]  # resolved once
-    settings = get_settings()
     url = context.engine.url.render_as_string(hide_password=False)
     policy = ServerPolicy(parse_catalog(url), roots, api_key=settings.single_user_api_key,
                           allow_anonymous=bool(settings.allow_anonymous_access),
