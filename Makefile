@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure_postgres.sh
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

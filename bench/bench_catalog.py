@@ -47,8 +47,8 @@ def stock_http_creation(n_hams: int = 60) -> float:
     from tiled.structures.core import StructureFamily
     from tiled.structures.data_source import Asset, DataSource, Management
 
-    from sweepcat.contract import asset_uri as file_uri
     from sweepcat.catalog.schema import ensure_catalog, parse_catalog
+    from sweepcat.contract import asset_uri as file_uri
 
     m = _manifests()
     work = Path(tempfile.mkdtemp(prefix="sweepcat-stock-"))
@@ -61,8 +61,9 @@ def stock_http_creation(n_hams: int = 60) -> float:
             ds = client.create_container("stock")
             ham = m.ham.slice(0, n_hams).to_pylist()
             art = m.art.slice(0, 2 * n_hams).to_pylist()
-            from sweepcat.catalog.plan import structure_for
             from tiled.structures.array import ArrayStructure
+
+            from sweepcat.catalog.plan import structure_for
 
             t0 = time.perf_counter()
             for i, h in enumerate(ham):

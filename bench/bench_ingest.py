@@ -42,7 +42,7 @@ def manifests_1m() -> Path:
         return out
     src = seed_manifests()
     tmp = Path(tempfile.mkdtemp(dir=DATA))
-    for name, target in (("NiPS3_batched_hamiltonians.parquet", ham_out), ("NiPS3_batched_artifacts.parquet", art_out)):
+    for name in ("NiPS3_batched_hamiltonians.parquet", "NiPS3_batched_artifacts.parquet"):
         table = pq.read_table(src / name)
         with pq.ParquetWriter(tmp / name, table.schema) as writer:
             for copy in range(REPEAT_10X):

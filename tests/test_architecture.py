@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sweepcat"
 
 # Lowest first. A module may import modules of its own layer or below.
 LAYERS = [
-    {"errors", "h5open"},
+    {"errors", "h5open", "atomic"},
     {"h5scan", "contract", "query", "h5read", "demodata"},
     {"spec", "catalog"},
     {"server", "client", "manifest", "inspect"},

@@ -26,6 +26,7 @@ import h5py
 import httpx
 import numpy as np
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from tiled.client import from_uri
 
@@ -479,14 +480,15 @@ def test_budget_unit() -> None:
 
     budget = policy_mod.ByteBudget(100)
     big = budget.reserve(500, "alone")  # more than the budget may run when nothing else does
-    with pytest.raises(Exception) as info:
+    with pytest.raises(HTTPException) as info:
         budget.reserve(1, "second")
-    assert getattr(info.value, "status_code", None) == 503
+    assert info.value.status_code == 503
     big.release()
     big.release()  # releasing twice is harmless
     a = budget.reserve(60, "a")
-    with pytest.raises(Exception):
+    with pytest.raises(HTTPException) as info:
         budget.reserve(50, "b")
+    assert info.value.status_code == 503 and "b: the server is busy" in info.value.detail["message"]
     b = budget.reserve(40, "b")
     assert budget.in_flight == 100
     a.release()

@@ -85,7 +85,8 @@ def snapshot(uri: str) -> dict[str, Any]:
 def orphans(path: str | Path) -> dict[str, int]:
     """Rows that point at nodes/data sources that are gone, and FTS entries without a node."""
     checks = {
-        "nodes without parent": "SELECT count(*) FROM nodes WHERE parent IS NOT NULL AND parent NOT IN (SELECT id FROM nodes)",
+        "nodes without parent": "SELECT count(*) FROM nodes WHERE parent IS NOT NULL "
+                                "AND parent NOT IN (SELECT id FROM nodes)",
         "closure": "SELECT count(*) FROM nodes_closure WHERE ancestor NOT IN (SELECT id FROM nodes) "
                    "OR descendant NOT IN (SELECT id FROM nodes)",
         "closure self rows missing": "SELECT count(*) FROM nodes WHERE id NOT IN "
@@ -475,7 +476,7 @@ def test_api_key_is_required_to_read_arrays(small_catalog: Path, demo_root: Path
     with sweepcat_server(str(small_catalog)) as url:
         # Both ways of answering /array/full: sweepcat's fast path (raw bytes) and Tiled's route (JSON).
         for accept in ("application/octet-stream", "application/json"):
-            def get(**kw):
+            def get(accept=accept, **kw):
                 headers = {"Accept": accept, **kw.pop("headers", {})}
                 return httpx.get(_array_url(url, path), headers=headers, **kw)
 

@@ -197,7 +197,7 @@ def test_locator_urls_matches_locator_url(tmp_path):
     datasets = pd.Series(["/RIXS", "/XPS", "/grp/x y"])
     indices = pd.Series([3, None, 0], dtype="float64")
     urls = locator_urls(str(tmp_path), files, datasets, indices)
-    for f, d, i, u in zip(files, datasets, indices, urls):
+    for f, d, i, u in zip(files, datasets, indices, urls, strict=True):
         expected = Locator(f, d, None if pd.isna(i) else int(i)).url(root=tmp_path)
         assert u == expected
         assert Locator.parse(u).file == str(tmp_path / f)

@@ -81,7 +81,8 @@ def test_metadata_json_is_exactly_what_orjson_writes(rows: list[tuple], name: st
     and quotes included; decoding gives the input back."""
     huid = [f"h{i}" for i in range(len(rows))]
     table = pa.table({"huid": huid, "key": huid, name if name not in ("huid", "key") else "n": [r[0] for r in rows],
-                      "f": pa.array([r[1] for r in rows], pa.float64()), "i": pa.array([r[2] for r in rows], pa.int64()),
+                      "f": pa.array([r[1] for r in rows], pa.float64()),
+                      "i": pa.array([r[2] for r in rows], pa.int64()),
                       "b": pa.array([r[3] for r in rows], pa.bool_())})
     got = hamiltonian_metadata(table).to_pylist()
     for i, row in enumerate(table.to_pylist()):
@@ -91,7 +92,8 @@ def test_metadata_json_is_exactly_what_orjson_writes(rows: list[tuple], name: st
     art = pa.table({"huid": huid, "type": ["x"] * len(rows), "file": ["f.h5"] * len(rows),
                     "dataset": [r[4] or "/X" for r in rows], "index": pa.array(range(len(rows)), pa.int64()),
                     "note": [r[0] for r in rows]})
-    for i, (md, source) in enumerate(zip(artifact_metadata(art).to_pylist(), data_source_parameters(art).to_pylist())):
+    pairs = zip(artifact_metadata(art).to_pylist(), data_source_parameters(art).to_pylist(), strict=True)
+    for i, (md, source) in enumerate(pairs):
         assert md == orjson.dumps({"note": rows[i][0]}).decode()
         assert source == orjson.dumps({"dataset": rows[i][4] or "/X", "index": i}).decode()
 
@@ -373,7 +375,8 @@ def test_triggers_must_be_exactly_the_known_set(catalog_uri: str, tmp_path: Path
         odd = "CREATE TRIGGER site_audit AFTER INSERT ON nodes BEGIN SELECT 1; END"
         drop_odd = "DROP TRIGGER site_audit"
         drop_tiled = "DROP TRIGGER nodes_metadata_fts5_sync_ai"
-        (definition,) = _fetch(catalog_uri, "SELECT sql FROM sqlite_master WHERE name = 'nodes_metadata_fts5_sync_ai'")[0]
+        (definition,) = _fetch(catalog_uri,
+                               "SELECT sql FROM sqlite_master WHERE name = 'nodes_metadata_fts5_sync_ai'")[0]
         restore = definition
         changed = definition.replace("new.metadata", "'{}'")
     else:
@@ -386,7 +389,8 @@ def test_triggers_must_be_exactly_the_known_set(catalog_uri: str, tmp_path: Path
         drop_tiled = f"DROP TRIGGER {name} ON nodes"
         restore = (f"CREATE TRIGGER {name} AFTER INSERT ON nodes FOR EACH ROW EXECUTE FUNCTION "
                    "update_closure_table_when_inserting()")
-        (function,) = _fetch(catalog_uri, "SELECT pg_get_functiondef('update_closure_table_when_inserting'::regproc)")[0]
+        (function,) = _fetch(catalog_uri,
+                             "SELECT pg_get_functiondef('update_closure_table_when_inserting'::regproc)")[0]
         changed = function.replace("p.depth + c.depth + 1", "p.depth + c.depth + 2")
     again = make_sweep(tmp_path / "data", 6)
     for setup, undo, expect in ((odd, drop_odd, "unknown trigger(s) site_audit"),

@@ -232,7 +232,8 @@ def test_retry_policy_backs_off_and_gives_up_with_a_sentence():
         http.request("GET", "/x")
     assert "run the same command again" in str(info.value)
     for status in (400, 401, 404, 413, 500):  # answers a retry would not change
-        http = _Http("http://sweepcat.invalid", "k", transport=httpx.MockTransport(lambda r, s=status: httpx.Response(s)),
+        http = _Http("http://sweepcat.invalid", "k",
+                     transport=httpx.MockTransport(lambda r, s=status: httpx.Response(s)),
                      sleep=lambda s: pytest.fail("slept"))
         assert http.request("GET", "/x").status_code == status
 

@@ -15,8 +15,15 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .errors import SweepcatError
 
@@ -35,6 +42,22 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        import tiled
+
+        out.print(f"sweepcat {version('sweepcat')} (Tiled {tiled.__version__})", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print sweepcat's and Tiled's versions and exit.")) -> None:
+    """Make a simulation parameter sweep searchable and servable."""
 
 
 @contextlib.contextmanager
@@ -145,12 +168,17 @@ def inspect_cmd(
 @app.command("manifest")
 def manifest_cmd(
     spec_file: Optional[Path] = typer.Argument(None, help="Dataset spec YAML (from `sweepcat inspect -o`)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Directory for NAME_hamiltonians.parquet and NAME_artifacts.parquet."),
-    limit: Optional[int] = typer.Option(None, "-n", "--limit", help="Only the first N Hamiltonians (to try things out)."),
+    output: Path = typer.Option(..., "-o", "--output",
+                                help="Directory for NAME_hamiltonians.parquet and NAME_artifacts.parquet."),
+    limit: Optional[int] = typer.Option(None, "-n", "--limit", min=1, help="Only the first N Hamiltonians (to try "
+                                        "things out; never replaces manifests already in OUTPUT unless --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With -n: replace manifests already in OUTPUT."),
     generator: Optional[str] = typer.Option(None, "--generator", help="Plug-in generator module:function with "
                                             "generate(output_dir, n_hamiltonians) -> (ham_df, art_df)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="With --generator: the data root that 'file' paths are relative to."),
-    label: Optional[str] = typer.Option(None, "--label", help="With --generator: the dataset label (default: root's name)."),
+    root: Optional[Path] = typer.Option(None, "--root",
+                                        help="With --generator: the data root that 'file' paths are relative to."),
+    label: Optional[str] = typer.Option(None, "--label",
+                                        help="With --generator: the dataset label (default: root's name)."),
     nan_policy: Optional[str] = typer.Option(None, "--nan-policy", help="NaN/inf parameters: error (default), "
                                              "null (store null) or skip (drop the entity)."),
 ) -> None:
@@ -175,12 +203,14 @@ def manifest_cmd(
         t0 = time.perf_counter()
         if generator:
             if root is None:
-                raise SweepcatError("--generator needs --root", "pass the directory that artifact 'file' paths are relative to")
+                raise SweepcatError("--generator needs --root",
+                                    "pass the directory that artifact 'file' paths are relative to")
             manifests = run_generator(generator, output, root=root, label=label, limit=limit,
                                       nan_policy=nan_policy or "error")
         else:
             if spec_file is None:
-                raise SweepcatError("no spec given", "pass SPEC.yml (write one with `sweepcat inspect DIR -o SPEC.yml`) or --generator")
+                raise SweepcatError("no spec given",
+                                    "pass SPEC.yml (write one with `sweepcat inspect DIR -o SPEC.yml`) or --generator")
             spec = load_spec(spec_file)
             from .manifest import source_files
 
@@ -188,7 +218,7 @@ def manifest_cmd(
             with progress_bar("reading parameters", total) as advance:
                 manifests = build_manifests(spec, limit=limit, nan_policy=nan_policy, progress=advance,
                                             spec_path=str(spec_file))
-        ham_path, art_path = write_manifests(output, manifests)
+        ham_path, art_path = write_manifests(output, manifests, trial=limit is not None and not overwrite)
         skipped = manifests.description.provenance.get("skipped_nan", 0)
         out.print(f"{manifests.ham.num_rows} Hamiltonians -> {ham_path}")
         out.print(f"{manifests.art.num_rows} artifacts   -> {art_path}")
@@ -208,15 +238,24 @@ def _manifest_pairs(manifests: list[Path] | None, ham: Path | None, art: Path | 
             raise SweepcatError("--ham-manifest and --art-manifest go together, without positional manifests",
                                 "pass both options, or a manifest directory")
         paths = [ham, art]
-    if len(paths) not in (1, 2):
-        raise SweepcatError("expected a manifest directory or two Parquet files", example)
-    if len(paths) == 1 and paths[0].is_dir():
-        pairs: list[tuple[Path, Path | None]] = list(find_manifest_pairs(paths[0]))
+    if not paths:
+        raise SweepcatError("no manifests given", example)
+    for p in paths:
+        if not p.exists():
+            raise SweepcatError(f"{p}: no such file or directory", example)
+    dirs = [p for p in paths if p.is_dir()]
+    if dirs and len(dirs) != len(paths):
+        raise SweepcatError(f"{', '.join(map(str, paths))}: a mix of directories and files",
+                            "pass manifest directories, or the two Parquet files of one dataset")
+    if dirs:
+        pairs: list[tuple[Path, Path | None]] = [pair for d in dirs for pair in find_manifest_pairs(d)]
         if label and len(pairs) > 1:
-            raise SweepcatError("--label names one dataset, the directory holds several",
+            raise SweepcatError("--label names one dataset, the directories hold several",
                                 "pass the two Parquet files of the dataset to relabel")
         return pairs
-    return [(paths[0], paths[1] if len(paths) == 2 else None)]
+    if len(paths) != 2:
+        raise SweepcatError(f"expected a manifest directory or two Parquet files, got {len(paths)} file(s)", example)
+    return [(paths[0], paths[1])]
 
 
 CATALOG_HELP = "Catalog: a SQLite file (default ./sweepcat.db) or postgresql://user@host:port/db."
@@ -228,11 +267,15 @@ def ingest_cmd(
     catalog: str = typer.Option("sweepcat.db", "--catalog", "-c", help=CATALOG_HELP),
     ham_manifest: Optional[Path] = typer.Option(None, "--ham-manifest", help="Hamiltonians Parquet (guide's form)."),
     art_manifest: Optional[Path] = typer.Option(None, "--art-manifest", help="Artifacts Parquet (guide's form)."),
-    base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Data root, for manifests without a sweepcat description (overrides it otherwise)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Dataset label/key in the catalog (default: from the manifests)."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Data root, for manifests without a sweepcat "
+                                            "description (overrides it otherwise)."),
+    label: Optional[str] = typer.Option(None, "--label",
+                                        help="Dataset label/key in the catalog (default: from the manifests)."),
     update: bool = typer.Option(False, "--update", help="Refresh the metadata of Hamiltonians already in the catalog."),
-    prune: bool = typer.Option(False, "--prune", help="Remove Hamiltonians that are no longer in the manifest (catalog only)."),
-    verify_all: bool = typer.Option(False, "--verify-all", help="Open every HDF5 file to check it (default: up to 2,000 files, sampled)."),
+    prune: bool = typer.Option(False, "--prune",
+                               help="Remove Hamiltonians that are no longer in the manifest (catalog only)."),
+    verify_all: bool = typer.Option(False, "--verify-all",
+                                    help="Open every HDF5 file to check it (default: up to 2,000 files, sampled)."),
     move_root: bool = typer.Option(False, "--move-root", help="The dataset's files moved: record the manifests' "
                                    "root as its new data root (its files are checked there like a new dataset's)."),
     wait: float = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for another writer (an ingest, a "
@@ -270,10 +313,12 @@ def ingest_cmd(
 def register_cmd(
     manifests: list[Path] = typer.Argument(None, help="A manifest directory, or HAM.parquet ART.parquet."),
     url: str = typer.Option(..., "--url", help="The running server, e.g. http://127.0.0.1:8000"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SWEEPCAT_API_KEY", help="Tiled API key (or SWEEPCAT_API_KEY)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SWEEPCAT_API_KEY",
+                                          help="Tiled API key (or SWEEPCAT_API_KEY)."),
     ham_manifest: Optional[Path] = typer.Option(None, "--ham-manifest", help="Hamiltonians Parquet (guide's form)."),
     art_manifest: Optional[Path] = typer.Option(None, "--art-manifest", help="Artifacts Parquet (guide's form)."),
-    base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="Data root, for manifests without a sweepcat description."),
+    base_dir: Optional[Path] = typer.Option(None, "--base-dir",
+                                            help="Data root, for manifests without a sweepcat description."),
     label: Optional[str] = typer.Option(None, "--label", help="Dataset label/key (default: from the manifests)."),
     update: bool = typer.Option(False, "--update", help="Refresh the metadata of Hamiltonians already registered."),
     prune: bool = typer.Option(False, "--prune", help="Remove Hamiltonians no longer in the manifest (catalog only)."),
@@ -305,7 +350,8 @@ def register_cmd(
                 t0 = time.perf_counter()
                 nodes = [0]
 
-                def advance(hams: int, new_nodes: int) -> None:
+                def advance(hams: int, new_nodes: int, bar: Any = bar, task: Any = task, t0: float = t0,
+                            nodes: list[int] = nodes) -> None:
                     nodes[0] += new_nodes
                     bar.update(task, advance=hams, rate=f"{nodes[0] / (time.perf_counter() - t0):,.0f} nodes/s")
 
@@ -368,6 +414,41 @@ def delete_cmd(
 READABLE_HELP = "Extra directory the server may read (repeatable), e.g. where `sweepcat register` will point."
 
 
+@app.command("datasets")
+def datasets_cmd(
+    catalog: Optional[str] = typer.Option(None, "--catalog", "-c", help=CATALOG_HELP + " Default: ./sweepcat.db."),
+    url: Optional[str] = typer.Option(None, "--url", help="A running sweepcat server instead of --catalog."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SWEEPCAT_API_KEY", help="API key for --url."),
+) -> None:
+    """List the datasets of a catalog or a server: Hamiltonians, artifact types, parameters, data root.
+
+    Examples:
+
+      sweepcat datasets --catalog demo/sweepcat.db
+
+      sweepcat datasets --url http://127.0.0.1:8000 --api-key KEY
+    """
+    from .client.backends import backend_for
+
+    with friendly_errors():
+        if url and catalog:
+            raise SweepcatError("--url and --catalog name two places", "pass one of them")
+        target = url or catalog or "sweepcat.db"
+        if not url:
+            from .catalog.schema import ensure_catalog, parse_catalog
+
+            ensure_catalog(parse_catalog(target), create=False)
+        found = backend_for(target, api_key).datasets()
+        if not found:
+            out.print(f"no datasets in {target}; add one with `sweepcat ingest MANIFESTS --catalog ...`")
+        for d in found:
+            arts = ", ".join(f"{t} {tuple(a.get('shape', ()))} {a.get('dtype', '')}" for t, a in d["artifacts"].items())
+            out.print(f"{d['key']}: {d['hamiltonians']:,} Hamiltonians", markup=False, highlight=False)
+            out.print(f"  artifacts:  {arts or '-'}", markup=False, highlight=False)
+            out.print(f"  parameters: {', '.join(d['parameters']) or '-'}", markup=False, highlight=False)
+            out.print(f"  root:       {d.get('root') or '-'}", markup=False, highlight=False)
+
+
 @app.command("reindex")
 def reindex_cmd(
     dataset: Optional[str] = typer.Argument(None, help="Dataset key (default: every sweepcat dataset)."),
@@ -394,7 +475,7 @@ def reindex_cmd(
 
 
 def _server_config(catalog: str, public: bool, host: str, port: int,
-                   readable: list[Path] | None = None) -> tuple[dict, str, bool]:
+                   readable: list[Path] | None = None, create: bool = True) -> tuple[dict, str, bool]:
     import os
 
     from .catalog.query import dataset_roots
@@ -402,7 +483,13 @@ def _server_config(catalog: str, public: bool, host: str, port: int,
     from .server.config import API_KEY_ENV, new_api_key, server_config
 
     cat = parse_catalog(catalog)
-    ensure_catalog(cat)
+    try:
+        ensure_catalog(cat, create=create)
+    except SweepcatError as exc:
+        if create or "does not exist" not in exc.message and "holds no Tiled catalog" not in exc.message:
+            raise
+        raise SweepcatError(f"{exc.message}: nothing to serve (a typo in --catalog?)",
+                            "check the path, or pass --create to start an empty catalog there") from None
     roots = dataset_roots(cat)
     for extra in readable or []:
         if not extra.is_dir():
@@ -411,7 +498,8 @@ def _server_config(catalog: str, public: bool, host: str, port: int,
     key = os.environ.get(API_KEY_ENV) or new_api_key()
     generated = API_KEY_ENV not in os.environ or not os.environ[API_KEY_ENV]
     if not key.isalnum():
-        raise SweepcatError(f"{API_KEY_ENV} must be alphanumeric (Tiled's rule)", "e.g. export SWEEPCAT_API_KEY=$(openssl rand -hex 16)")
+        raise SweepcatError(f"{API_KEY_ENV} must be alphanumeric (Tiled's rule)",
+                            "e.g. export SWEEPCAT_API_KEY=$(openssl rand -hex 16)")
     return server_config(cat.tiled_uri, roots, api_key=key, public=public, host=host, port=port), key, generated
 
 
@@ -423,17 +511,28 @@ def config_cmd(
     public: bool = typer.Option(False, "--public", help="Allow anonymous read access."),
     readable: Optional[list[Path]] = typer.Option(None, "--readable", help=READABLE_HELP),
 ) -> None:
-    """Print the Tiled server config that `sweepcat serve` runs, for `tiled serve config FILE`.
+    """Print the Tiled server config that `sweepcat serve` runs, to run it yourself.
 
     The API key comes from SWEEPCAT_API_KEY, else a new one is written into the config.
+    Run the file with sweepcat's app factory (fast path included), or with `tiled serve config`
+    (array reads ~7x slower; Tiled's banner prints a key this server refuses: the key is in the file).
 
-    Example:  sweepcat config --catalog sweepcat.db > tiled.yml && tiled serve config tiled.yml
+    Examples:
+
+      sweepcat config --catalog sweepcat.db > tiled.yml
+
+      SWEEPCAT_CONFIG=tiled.yml uvicorn --factory sweepcat.server.app:from_config_env --port 8000
+
+      tiled serve config tiled.yml
     """
     from .server.config import config_yaml
 
     with friendly_errors():
-        config, _, _ = _server_config(catalog, public, host, port, readable)
+        config, key, _ = _server_config(catalog, public, host, port, readable, create=False)
         sys.stdout.write(config_yaml(config))
+        err.print(f"API key: {key} (in the config's authentication.single_user_api_key); run it with\n"
+                  "  SWEEPCAT_CONFIG=FILE uvicorn --factory sweepcat.server.app:from_config_env "
+                  f"--host {host} --port {port}", markup=False, highlight=False)
 
 
 @app.command("serve")
@@ -443,6 +542,10 @@ def serve_cmd(
     port: int = typer.Option(8000, help="Port to listen on."),
     public: bool = typer.Option(False, "--public", help="Allow anonymous read access (writes still need the key)."),
     readable: Optional[list[Path]] = typer.Option(None, "--readable", help=READABLE_HELP),
+    create: bool = typer.Option(False, "--create", help="Create an empty catalog if there is none (otherwise a "
+                                "missing catalog is an error: a typo would serve an empty one)."),
+    log_level: str = typer.Option("info", "--log-level", help="critical, error, warning, info (one access-log "
+                                  "line per request) or debug."),
 ) -> None:
     """Run the real Tiled server on the catalog, with sweepcat's adapter and one API key.
 
@@ -451,13 +554,16 @@ def serve_cmd(
     Example:  SWEEPCAT_API_KEY=secret sweepcat serve --catalog sweepcat.db --port 8000
     """
     with friendly_errors():
-        config, key, generated = _server_config(catalog, public, host, port, readable)
+        if log_level not in LOG_LEVELS:
+            raise SweepcatError(f"--log-level {log_level!r} is unknown", f"use one of {', '.join(LOG_LEVELS)}")
+        config, key, generated = _server_config(catalog, public, host, port, readable, create=create)
         import uvicorn
 
         from .catalog.schema import parse_catalog
-        from .server.app import build_app
+        from .server.app import bind, build_app
 
         app_ = build_app(config)
+        sock = bind(host, port)  # before the banner: a port in use is said instead of a banner
         url = f"http://{host}:{port}"
         roots = config["trees"][0]["args"]["readable_storage"]
         out.print(f"sweepcat serving {parse_catalog(catalog).display} at {url}  (Tiled {_tiled_version()})")
@@ -467,7 +573,12 @@ def serve_cmd(
         out.print("  anonymous read access: " + ("on (--public)" if public else "off"))
         out.print(_snippet(url, key, catalog), markup=False, highlight=False)
         sys.stdout.flush()
-        uvicorn.run(app_, host=host, port=port, log_level="warning")
+        server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level=log_level,
+                                               access_log=log_level in ("info", "debug")))
+        server.run(sockets=[sock])
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _tiled_version() -> str:

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 import os
 import re
-import tempfile
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .atomic import output_directory, replacing
 from .errors import ContractError, Problem, SourceInvalid, SweepcatError
 
 if TYPE_CHECKING:  # pandas costs 0.3 s to import; only the client's helpers need it
@@ -171,7 +171,7 @@ def absolute_locator_urls(paths: Iterable[str], datasets: Iterable[str],
     """``Locator.url`` for many rows of absolute paths (index None: whole dataset); each path quoted once."""
     quoted: dict[str, str] = {}
     out = []
-    for path, dataset, index in zip(paths, datasets, indices):
+    for path, dataset, index in zip(paths, datasets, indices, strict=True):
         q = quoted.get(path)
         if q is None:
             q = quoted[path] = urllib.parse.quote(Path(path).as_posix())
@@ -834,14 +834,8 @@ def _with_description(table: pa.Table, description: DatasetDescription) -> pa.Ta
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path | None) -> str | None:
@@ -864,13 +858,16 @@ def manifest_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return out_dir / f"{name}{HAM_SUFFIX}", out_dir / f"{name}{ART_SUFFIX}"
 
 
-def write_manifests(out_dir: str | os.PathLike, manifests: Manifests) -> tuple[Path, Path]:
-    """Validate, then write both files atomically; nothing is written if invalid."""
+def write_manifests(out_dir: str | os.PathLike, manifests: Manifests, *, trial: bool = False) -> tuple[Path, Path]:
+    """Validate, then write both files atomically; nothing is written if invalid. A ``trial`` (a
+    first-N run) never replaces manifests already there: they may be the real ones."""
     d = manifests.description
     check(manifests.ham, manifests.art, root=d.root)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(out_dir)
     ham_path, art_path = manifest_paths(out, d.key)
+    if trial and (ham_path.exists() or art_path.exists()):
+        raise SweepcatError(f"{ham_path} exists; a trial run ({manifests.ham.num_rows} Hamiltonians) would replace "
+                            "it", "write the trial elsewhere (e.g. -o trial/), or pass --overwrite to replace it")
     ham = _with_description(manifests.ham, d)
     art = _with_description(manifests.art, d)
     # Parquet encoding releases the GIL: write both files at once.
@@ -897,12 +894,19 @@ def find_manifest_pairs(directory: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def find_manifest_pair(directory: Path) -> tuple[Path, Path]:
+def find_manifest_pair(directory: Path, dataset: str | None = None) -> tuple[Path, Path]:
+    """The pair of one dataset in a directory: the only one there, or NAME_*.parquet for ``dataset=NAME``."""
     pairs = find_manifest_pairs(directory)
+    names = [h.name[: -len(HAM_SUFFIX)] for h, _ in pairs]
+    if dataset is not None:
+        if dataset in names:
+            return pairs[names.index(dataset)]
+        raise SweepcatError(f"{directory}: no manifests of dataset {dataset!r} (it holds {', '.join(names)})",
+                            "pass one of those names, or the directory `sweepcat manifest -o` wrote")
     if len(pairs) != 1:
         raise SweepcatError(
-            f"{directory}: expected one manifest pair, found {len(pairs)} ({', '.join(h.name for h, _ in pairs)})",
-            "pass the two Parquet files explicitly: HAM.parquet ART.parquet")
+            f"{directory}: holds the manifests of {len(pairs)} datasets ({', '.join(names)})",
+            f"say which: read_manifests({str(directory)!r}, dataset={names[0]!r}), or pass its two Parquet files")
     return pairs[0]
 
 
@@ -912,18 +916,20 @@ def read_manifests(
     *,
     base_dir: str | os.PathLike | None = None,
     label: str | None = None,
+    dataset: str | None = None,
 ) -> Manifests:
-    """Read a manifest pair (or a directory holding one) with its dataset description.
+    """Read a manifest pair (or a directory holding it) with its dataset description.
 
-    Manifests without an embedded description (written by other tools) need
-    ``base_dir``; the label then defaults to the file name's prefix.
+    A directory holding several datasets' manifests needs ``dataset`` (the NAME of
+    NAME_hamiltonians.parquet). Manifests without an embedded description (written
+    by other tools) need ``base_dir``; the label then defaults to the file name's prefix.
     """
     ham_p = Path(ham_path)
     if art_path is None:
         if not ham_p.is_dir():
             raise SweepcatError(f"{ham_p} is not a directory",
                                 "pass a manifest directory, or both HAM.parquet and ART.parquet")
-        ham_p, art_p = find_manifest_pair(ham_p)
+        ham_p, art_p = find_manifest_pair(ham_p, dataset)
     else:
         art_p = Path(art_path)
     metadata = []

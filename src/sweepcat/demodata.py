@@ -7,14 +7,14 @@ widths set by Gam_c ...), so a wrong row or a wrong slice is visible in tests.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import h5py
 import numpy as np
+
+from .atomic import output_directory, replacing
 
 PARAM_RANGES: dict[str, tuple[float, float]] = {
     "F2_dd": (2.0, 15.0), "F2_dp": (1.0, 7.0), "F4_dd": (1.0, 9.0), "G1_dp": (1.0, 5.0),
@@ -85,15 +85,8 @@ def xps_spectra(p: dict[str, np.ndarray], ax: dict[str, np.ndarray]) -> np.ndarr
 def _h5_atomic(path: Path) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name and rename it into place when complete: a reader of
     the old file (a running server) keeps reading it, and no file is ever left half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def write_batched(out: Path, scale: Scale, seed: int = 0, progress: Progress | None = None) -> Path:
@@ -181,7 +174,7 @@ def write_demo(out: str | Path, scale_name: str = "small", progress: Progress | 
     scale = SCALES[scale_name]
     if sparse:
         scale = replace(scale, filled_files=min(scale.filled_files, SPARSE_FILLED))
-    root = Path(out)
+    root = output_directory(out)
     return {
         "B": write_batched(root / DATASET_DIRS["B"], scale, progress=progress),
         "A": write_per_artifact(root / DATASET_DIRS["A"], scale.per_artifact_entities, progress=progress),

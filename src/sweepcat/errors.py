@@ -40,8 +40,8 @@ class ContractError(SweepcatError):
         more = len(self.problems) - self.max_listed
         if more > 0:
             shown.append(f"  ... and {more} more")
-        head = f"{subject}: {len(self.problems)} problem(s); nothing was written"
-        super().__init__(head + "\n" + "\n".join(shown))
+        self.head = f"{subject}: {len(self.problems)} problem(s); nothing was written"
+        super().__init__(self.head + "\n" + "\n".join(shown))
 
 
 class SourceInvalid(SweepcatError):

@@ -66,7 +66,7 @@ class Stack:
         order = np.lexsort((self.indices, self.datasets.astype(str), self.file_idx))
         fi, ds = self.file_idx[order], self.datasets[order]
         breaks = np.flatnonzero((fi[1:] != fi[:-1]) | (ds[1:] != ds[:-1])) + 1
-        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, n]):
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, n], strict=True):
             yield self.paths[int(fi[start])], str(ds[start]), order[start:stop]
 
 

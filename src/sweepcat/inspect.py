@@ -208,6 +208,7 @@ def inspect_directory(root: str | os.PathLike, progress: Progress | None = None)
     if report.sources:
         _check_parameters(root_path, report)
         _check_duplicate_ids(report)
+        _check_types_across_sources(report)
         label = root_path.name
         report.spec = DatasetSpec(label=label, root=str(root_path), sources=[s.spec for s in report.sources],
                                   shared_axes=shared_axes)
@@ -329,6 +330,26 @@ def _check_parameters(root: Path, report: InspectReport) -> None:
                     report.problems.append(Problem(
                         where, f"parameter {name} is {arr[bad[0]]}{more}",
                         "fix the simulation output, or use `sweepcat manifest --nan-policy null|skip`"))
+
+
+def _check_types_across_sources(report: InspectReport) -> None:
+    """An artifact type is one array shape and dtype across the whole dataset (the contract): sources of
+    a mixed directory that disagree are reported here, before `manifest` refuses them."""
+    seen: dict[str, tuple[SourceReport, list[int] | None, str | None]] = {}
+    for src in report.sources:
+        for name, art in src.spec.artifacts.items():
+            if name not in seen:
+                seen[name] = (src, art.shape, art.dtype)
+                continue
+            first, shape, dtype = seen[name]
+            for what, mine, theirs in (("shape", art.shape, shape), ("dtype", art.dtype, dtype)):
+                if mine is not None and theirs is not None and mine != theirs:
+                    report.problems.append(Problem(
+                        f"{', '.join(src.files[:3])} (layout {src.spec.layout})",
+                        f"artifact {name!r} has {what} {mine} here and {theirs} in {', '.join(first.files[:3])} "
+                        f"(layout {first.spec.layout})",
+                        "write one shape and dtype per artifact type across files, or name the types apart "
+                        "in the spec (e.g. rixs_f32)"))
 
 
 def _check_duplicate_ids(report: InspectReport) -> None:

@@ -111,11 +111,13 @@ def format_column(template: str, n: int, fields: dict[str, Any]) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "")
 
 
-def _stem(rel: str, pattern: re.Pattern[str] | None) -> str:
+def _stem(rel: str, pattern: re.Pattern[str] | None) -> str | None:
+    """The entity part of a file's stem; None when the source's stem_pattern does not match it."""
     stem = Path(rel).stem
-    if pattern is not None and (m := pattern.fullmatch(stem)):
-        return m.group("stem")
-    return stem
+    if pattern is None:
+        return stem
+    m = pattern.fullmatch(stem)
+    return m.group("stem") if m else None
 
 
 def _read_params(opener: Opener, handle: H5Handle, source: SourceSpec, rel: str,
@@ -223,6 +225,12 @@ def _read_file(root: Path, rel: str, source: SourceSpec, build: _Build, pattern:
                     null_mask = bad if null_mask is None else (null_mask | bad)
     parent = Path(rel).parent.name
     stem = _stem(rel, pattern)
+    if stem is None:
+        build.problems.append(Problem(rel, f"its stem {Path(rel).stem!r} does not match stem_pattern "
+                                      f"{pattern.pattern if pattern else ''!r}",
+                                      "fix stem_pattern in the spec (it must match every file's whole stem), "
+                                      "or narrow 'files'"))
+        return
     template = source.huid_template()
     try:
         huids = format_column(template, n, {"stem": stem, "parent": parent, "index": np.arange(n)})
@@ -411,6 +419,62 @@ def _frame_to_table(df: Any, name: str, nan_policy: str, problems: list[Problem]
     return table, drop
 
 
+def _fill_from_headers(art: pa.Table, root: Path, problems: list[Problem]) -> pa.Table:
+    """Artifacts without ``shape``/``dtype`` (a generator may leave them out): taken from the HDF5 headers,
+    one open per (file, dataset), under the file rule; rows that give them keep theirs (the contract
+    check then compares). A file or dataset that cannot be read is a problem naming it."""
+    need = [c for c in ("shape", "dtype") if c not in art.column_names or art.column(c).null_count]
+    if not need or not {"file", "dataset"} <= set(art.column_names) or not root.is_dir():
+        return art  # the contract check names what is missing
+    files = art.column("file").to_pylist()
+    datasets = art.column("dataset").to_pylist()
+    indexed = ("index" in art.column_names and art.column("index").to_numpy(zero_copy_only=False))
+    headers: dict[tuple[str, str], tuple[list[int], str] | None] = {}
+    opener = session([root])
+    for pair in dict.fromkeys(zip(files, datasets, strict=True)):
+        headers[pair] = _header(opener, root, *pair, problems)
+    shapes, dtypes = [], []
+    for i, pair in enumerate(zip(files, datasets, strict=True)):
+        found = headers[pair]
+        if found is None:
+            shapes.append(None)
+            dtypes.append(None)
+            continue
+        shape, dtype = found
+        batched = indexed is not False and not np.isnan(np.asarray(indexed[i], dtype="float64"))
+        shapes.append(shape[1:] if batched else shape)
+        dtypes.append(dtype)
+    for name, values, typ in (("shape", shapes, pa.list_(pa.int64())), ("dtype", dtypes, pa.string())):
+        given = art.column(name).to_pylist() if name in art.column_names else [None] * art.num_rows
+        merged = pa.array([g if g is not None else f for g, f in zip(given, values, strict=True)], typ)
+        if name in art.column_names:
+            art = art.set_column(art.column_names.index(name), name, merged)
+        else:
+            art = art.append_column(name, merged)
+    return art
+
+
+def _header(opener: Opener, root: Path, rel: Any, dataset: Any, problems: list[Problem]) \
+        -> tuple[list[int], str] | None:
+    if not isinstance(rel, str) or not isinstance(dataset, str) or path_problem(rel, root):
+        return None  # the contract check names a missing or escaping path
+    held: list[H5Handle] = []
+    try:
+        handle = opener.acquire(str(root / rel))
+        held.append(handle)
+        ds = opener.resolve(handle, dataset, held)
+        return [int(n) for n in ds.shape], dtype_name(ds.dtype)
+    except (FileRefused, DatasetMissing) as exc:
+        problems.append(Problem(f"{rel}#{dataset}", exc.message, exc.hint or "fix the generator's output"))
+    except (OSError, ValueError) as exc:
+        problems.append(Problem(rel, f"cannot read its header to fill shape/dtype ({describe_open_error(exc)})",
+                                "fix the file, or give shape and dtype in the generator's output"))
+    finally:
+        for h in held:
+            opener.release(h)
+    return None
+
+
 def run_generator(ref: str, output_dir: str | os.PathLike, *, root: str | os.PathLike, label: str | None,
                   limit: int | None, nan_policy: str = "error") -> Manifests:
     func = load_generator(ref)
@@ -424,6 +488,9 @@ def run_generator(ref: str, output_dir: str | os.PathLike, *, root: str | os.Pat
         dropped = ham.filter(pa.array(drop)).column("huid")
         ham = ham.filter(pa.array(~drop))
         art = art.filter(pc.invert(pc.is_in(art.column("huid"), value_set=dropped)))
+    art = _fill_from_headers(art, Path(root).resolve(), problems)
+    if problems:
+        raise ContractError(problems, subject=f"generator {ref}")
     if "key" not in ham.column_names and "huid" in ham.column_names:
         ham = ham.add_column(1, "key", pa.array([f"H_{h}" for h in ham.column("huid").to_pylist()], pa.string()))
     name = label or Path(root).resolve().name

@@ -89,7 +89,8 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
         if m is None:
             shown = text if len(text) <= 200 else text[:200] + "..."
             raise QueryError(f"query {shown!r}: unexpected character {text[pos]!r} at position {pos}",
-                             "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
+                             "write tests like `tenDq > 1 and F2_dd < 3`, `1 < tenDq < 2`, `soc_c in (1, 2)`, "
+                          "`x between 1 and 2`")
         kind = m.lastgroup
         if kind != "ws":
             value = m.group()
@@ -119,7 +120,8 @@ class _Parser:
         at = self.toks[self.i][2] if self.i < len(self.toks) else len(self.text)
         shown = self.text if len(self.text) <= 200 else self.text[:200] + "..."
         return QueryError(f"query {shown!r}: {what} at position {at}",
-                          "write tests like `tenDq > 1 and F2_dd < 3`, `soc_c in (1, 2)`, `x between 1 and 2`")
+                          "write tests like `tenDq > 1 and F2_dd < 3`, `1 < tenDq < 2`, `soc_c in (1, 2)`, "
+                          "`x between 1 and 2`")
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i][:2] if self.i < len(self.toks) else None
@@ -204,6 +206,8 @@ class _Parser:
         return value
 
     def test(self) -> Node:
+        if self.peek() is not None and self.peek()[0] in ("num", "str"):  # type: ignore[index]
+            return self.chained()
         name = self.take("name")
         tok = self.peek()
         if tok is None:
@@ -236,6 +240,25 @@ class _Parser:
         raise self.fail(f"expected an operator, `in` or `between` after {name!r}")
 
 
+    def chained(self) -> Node:
+        """``1 < tenDq``, ``1 < tenDq <= 2``: a value first, as Python writes ranges."""
+        low = self.value()
+        tok = self.peek()
+        if tok is None or tok[0] != "op":
+            raise self.fail("expected a comparison after a value (e.g. `1 < tenDq < 2`)")
+        self.i += 1
+        first = Compare(self.take("name"), _MIRRORED["==" if tok[1] == "=" else tok[1]], low)
+        tok = self.peek()
+        if tok is None or tok[0] != "op":
+            return first
+        self.i += 1
+        self.tests += 1
+        return BoolOp("and", (first, Compare(first.name, "==" if tok[1] == "=" else tok[1], self.value())))
+
+
+_MIRRORED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
 def parse(text: str) -> Node:
     return _Parser(text).parse()
 
@@ -259,7 +282,11 @@ def from_keywords(**conditions: Any) -> str:
     """``find(tenDq=(1, 2), soc_c=[1, 2], huid="x")`` -> query text (tuples are inclusive ranges, None open)."""
     parts = []
     for name, cond in conditions.items():
-        if isinstance(cond, tuple) and len(cond) == 2:
+        if isinstance(cond, tuple) and len(cond) != 2:
+            raise QueryError(f"{name}={cond!r}: a tuple is a range (low, high) and takes two values",
+                             f"write {name}=(low, high) for a range (None leaves a side open), "
+                             f"or {name}=[a, b, c] for a list of values")
+        if isinstance(cond, tuple):
             low, high = cond
             if low is not None:
                 parts.append(f"{name} >= {_literal(low)}")

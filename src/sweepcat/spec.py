@@ -8,12 +8,14 @@ more than one source is "mixed".
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .atomic import replacing
 from .contract import NAN_POLICIES, key_problem, to_key
 from .errors import SweepcatError
 
@@ -79,7 +81,8 @@ class DatasetSpec:
 
 
 def _fail(path: str, what: str) -> SweepcatError:
-    return SweepcatError(f"spec {path}: {what}", "fix the spec (re-run `sweepcat inspect DIR -o SPEC.yml` for a fresh draft)")
+    return SweepcatError(f"spec {path}: {what}",
+                         "fix the spec (re-run `sweepcat inspect DIR -o SPEC.yml` for a fresh draft)")
 
 
 def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> DatasetSpec:
@@ -103,6 +106,13 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
             files = [files]
         if not files:
             raise _fail(where, f"sources[{i}].files is empty; give glob patterns such as '*.h5'")
+        for f in files:
+            if str(f).startswith("/"):
+                raise _fail(where, f"sources[{i}].files has the absolute pattern {f!r}; patterns are relative to "
+                            f"'root' ({root}): write e.g. {Path(str(f)).name!r} and set root to its directory")
+        stem_pattern = src.get("stem_pattern")
+        if stem_pattern is not None:
+            _check_stem_pattern(where, i, str(stem_pattern))
         arts = src.get("artifacts") or {}
         if not arts:
             raise _fail(where, f"sources[{i}].artifacts is empty; map type -> {{dataset: /path}}")
@@ -125,7 +135,7 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
             params_group=src.get("params_group", "/params" if layout != "A" else None),
             params=src.get("params"),
             huid=src.get("huid"),
-            stem_pattern=src.get("stem_pattern"),
+            stem_pattern=None if stem_pattern is None else str(stem_pattern),
         ))
     if not sources:
         raise _fail(where, "no sources")
@@ -145,6 +155,18 @@ def parse_spec(data: Any, where: str = "<spec>", base: Path | None = None) -> Da
         key_template=str(data.get("key_template", "H_{huid}")),
         nan_policy=nan_policy,
     )
+
+
+def _check_stem_pattern(where: str, i: int, pattern: str) -> None:
+    """A stem_pattern must compile and name the part of the file stem that identifies the entity."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise _fail(where, f"sources[{i}].stem_pattern {pattern!r} is not a valid regular expression ({exc})") \
+            from None
+    if "stem" not in compiled.groupindex:
+        raise _fail(where, f"sources[{i}].stem_pattern {pattern!r} has no group named 'stem'; write the part that "
+                    "names the entity as (?P<stem>...), e.g. '(?P<stem>.+)_rixs'")
 
 
 def load_spec(path: str | os.PathLike) -> DatasetSpec:
@@ -170,5 +192,6 @@ def dump_spec(spec: DatasetSpec, path: str | os.PathLike | None = None) -> str:
     text = yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=None, width=100)
     text = SPEC_HEADER.format(path=path or "SPEC.yml") + text
     if path is not None:
-        Path(path).write_text(text)
+        with replacing(path) as tmp:
+            tmp.write_text(text)
     return text

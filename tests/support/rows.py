@@ -25,7 +25,7 @@ def _rows(db: Database, table: str, where: str, *args: Any) -> list[dict[str, An
     out = []
     for row in db.fetch(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}" WHERE {where}',
                         *args):
-        rec = dict(zip(cols, row))
+        rec = dict(zip(cols, row, strict=True))
         for c in JSON_COLUMNS & set(rec):
             if isinstance(rec[c], str):
                 rec[c] = json.loads(rec[c])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import os
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -52,7 +54,7 @@ def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = Fals
                     extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> Iterator[str]:
     """`sweepcat serve` on 127.0.0.1 and a free port; stopped on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", catalog, "--port", str(port)]
+    cmd = [sys.executable, "-m", "sweepcat.cli", "serve", "--catalog", catalog, "--port", str(port), "--create"]
     if public:
         cmd.append("--public")
     cmd.extend(extra_args or [])
@@ -61,9 +63,23 @@ def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = Fals
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
+        drain(proc)
         yield url
     finally:
         stop(proc)
+
+
+def drain(proc: subprocess.Popen, keep: int = 500) -> collections.deque:
+    """Read a server's output as it comes (its last ``keep`` lines are returned, for debugging): a pipe
+    nobody reads fills after 64 KB of access log, and the server then blocks on its next log line."""
+    lines: collections.deque = collections.deque(maxlen=keep)
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True, name=f"drain-{proc.pid}").start()
+    return lines
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any, Iterable, Sequence
 
 from ..errors import CatalogBusy, SweepcatError
-from .schema import CatalogURI
+from .schema import CatalogURI, off_the_running_loop
 
 WRITE_WAIT = 30.0  # seconds a writer waits for another writer's lock before saying who holds it
 
@@ -95,12 +95,13 @@ class SQLiteDatabase(Database):
         self.con = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
         self.con.execute("PRAGMA foreign_keys=ON")  # Tiled's server sets it on every connection too
         self.con.execute("PRAGMA busy_timeout=60000")
-        # A bulk transaction touches hundreds of MB of b-tree pages: keep them in memory.
+        # 128 MiB of page cache: a bulk load's hot b-tree pages (the id and parent indexes) fit, and memory
+        # stays bounded whatever the rows (512 MiB and an in-memory temp store took a 10^6 ingest to 1.5 GB,
+        # and were slower; BENCHMARKS.md). Temporary b-trees (index builds) spill to files.
         # WAL + synchronous=NORMAL stays atomic and consistent; only durability of the very
         # last commit on power loss is traded, never on a crash or kill of this process.
-        self.con.execute("PRAGMA cache_size=-524288")
+        self.con.execute("PRAGMA cache_size=-131072")
         self.con.execute("PRAGMA synchronous=NORMAL")
-        self.con.execute("PRAGMA temp_store=MEMORY")
 
     def fetch(self, sql: str, *args: Any) -> list[tuple]:
         return self.con.execute(sql, args).fetchall()
@@ -156,7 +157,7 @@ class PostgresDatabase(Database):
 
         self.loop = asyncio.new_event_loop()
         try:
-            self.con = self.loop.run_until_complete(asyncpg.connect(dsn))
+            self.con = self._run(asyncpg.connect(dsn))
         except (OSError, asyncpg.PostgresError) as exc:
             self.loop.close()
             raise SweepcatError(f"cannot connect to PostgreSQL at {display} ({exc})",
@@ -165,7 +166,7 @@ class PostgresDatabase(Database):
         self.display = display
 
     def _run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
+        return off_the_running_loop(lambda: self.loop.run_until_complete(coro))
 
     def fetch(self, sql: str, *args: Any) -> list[tuple]:
         return [tuple(r) for r in self._run(self.con.fetch(_pg_sql(sql), *args))]

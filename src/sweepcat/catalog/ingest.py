@@ -39,8 +39,21 @@ from ..h5open import FileRefused, FileRule, Opener
 from . import params
 from .db import WRITE_WAIT, Database, connect
 from .delete import count_children, delete_node_ids
-from .plan import (merged_range, summary_of, ParameterSummary, TypePlan, artifact_metadata, compact_json, data_source_parameters,
-                   dataset_metadata, first_of_each_type, hamiltonian_metadata, provenance, structure_for, type_plan)
+from .plan import (
+    ParameterSummary,
+    TypePlan,
+    artifact_metadata,
+    compact_json,
+    data_source_parameters,
+    dataset_metadata,
+    first_of_each_type,
+    hamiltonian_metadata,
+    merged_range,
+    provenance,
+    structure_for,
+    summary_of,
+    type_plan,
+)
 from .schema import MIMETYPE, REPLACED_TRIGGERS, CatalogURI, check_triggers, ensure_catalog, parse_catalog
 from .verify import AxisInfo, FileSample, read_axes, verify_sample
 
@@ -420,7 +433,7 @@ class _Writer:
             return
         keys = pa.array([k for k, _ in rows], pa.string())
         known = np.isin(hash64(keys), self.s.key_hashes)
-        stale = [int(i) for (_, i), k in zip(rows, known) if not k]
+        stale = [int(i) for (_, i), k in zip(rows, known, strict=True) if not k]
         if stale:
             self.say("hamiltonians", 0, self.s.n_ham)
             delete_node_ids(self.db, stale)
@@ -449,7 +462,8 @@ class _Writer:
         if len(new):
             part = batch.take(pa.array(new))
             db.copy("nodes", ("id", "key", "metadata"),
-                    list(zip(ids[new].tolist(), part.column("key").to_pylist(), hamiltonian_metadata(part).to_pylist())),
+                    list(zip(ids[new].tolist(), part.column("key").to_pylist(),
+                             hamiltonian_metadata(part).to_pylist(), strict=True)),
                     constants={"parent": self.ds_id, "structure_family": "container", "specs": "[]"})
             params.write_rows(db, self.ds_id, ids[new], part, self.columns)
         if present.any():
@@ -464,7 +478,8 @@ class _Writer:
     def _update_metadata(self, ids: np.ndarray, metadata: pa.Array) -> int:
         current = {int(i): _md(m) for i, m in self.db.fetch_in("SELECT id, metadata FROM nodes WHERE id IN ({})",
                                                                ids.tolist())}
-        changed = [(m, int(i)) for i, m in zip(ids.tolist(), metadata.to_pylist()) if current.get(int(i)) != json.loads(m)]
+        changed = [(m, int(i)) for i, m in zip(ids.tolist(), metadata.to_pylist(), strict=True)
+                   if current.get(int(i)) != json.loads(m)]
         if changed:
             self.db.executemany("UPDATE nodes SET metadata = ?, time_updated = CURRENT_TIMESTAMP WHERE id = ?", changed)
         return len(changed)
@@ -491,7 +506,8 @@ class _Writer:
         self.next_node += n
         types = part.column("type")
         db.copy("nodes", ("id", "parent", "key", "metadata"),
-                list(zip(art_ids.tolist(), parents[sel].tolist(), types.to_pylist(), artifact_metadata(part).to_pylist())),
+                list(zip(art_ids.tolist(), parents[sel].tolist(), types.to_pylist(),
+                         artifact_metadata(part).to_pylist(), strict=True)),
                 constants={"structure_family": "array", "specs": "[]"})
         names = list(s.types)
         sid_of = pa.array([s.types[t].structure_id for t in names], pa.string())
@@ -505,11 +521,12 @@ class _Writer:
         self.ds_next += n
         db.copy("data_sources", ("id", "node_id", "structure_id", "parameters"),
                 list(zip(ds_ids.tolist(), art_ids.tolist(), structure_ids.to_pylist(),
-                         data_source_parameters(part).to_pylist())),
+                         data_source_parameters(part).to_pylist(), strict=True)),
                 constants={"mimetype": MIMETYPE, "properties": "{}", "management": "external",
                            "structure_family": "array"})
         db.copy("data_source_asset_association", ("data_source_id", "asset_id"),
-                list(zip(ds_ids.tolist(), asset_ids.to_pylist())), constants={"parameter": "data_uri", "num": None})
+                list(zip(ds_ids.tolist(), asset_ids.to_pylist(), strict=True)),
+                constants={"parameter": "data_uri", "num": None})
         self.result.added_artifacts += n
 
     def _asset_ids(self, uris: list[str]) -> list[int]:

@@ -284,7 +284,7 @@ def write_rows(db: Database, dataset_id: int, node_ids: np.ndarray, ham: pa.Tabl
     cols = ["node_id", "key", *(c.column for c in present)]
     values = [np.asarray(node_ids, dtype=np.int64).tolist(), ham.column("key").to_pylist()]
     values += [_cell(ham.column(c.name), c.kind) for c in present]
-    rows = list(zip(*values))
+    rows = list(zip(*values, strict=True))
     if upsert:
         sets = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
         db.executemany(f"INSERT INTO {t} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
@@ -370,14 +370,16 @@ DECLARE node_id BIGINT; parent_id BIGINT;
 BEGIN
   IF current_setting('{BULK_SETTING}', true) = 'on' THEN RETURN NULL; END IF;
   IF TG_TABLE_NAME = 'assets' THEN
-    UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+    UPDATE {REGISTRY} r SET version = version + 1
+      WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
       (SELECT p.parent FROM data_source_asset_association x JOIN data_sources d ON d.id = x.data_source_id
        JOIN nodes n ON n.id = d.node_id JOIN nodes p ON p.id = n.parent WHERE x.asset_id IN (OLD.id, NEW.id));
     RETURN NULL;
   END IF;
   IF TG_TABLE_NAME = 'data_source_asset_association' THEN
     IF TG_OP = 'UPDATE' AND OLD.data_source_id IS DISTINCT FROM NEW.data_source_id THEN
-      UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+      UPDATE {REGISTRY} r SET version = version + 1
+      WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
         (SELECT p.parent FROM data_sources d JOIN nodes n ON n.id = d.node_id JOIN nodes p ON p.id = n.parent
          WHERE d.id = OLD.data_source_id);
     END IF;
@@ -390,11 +392,13 @@ BEGIN
   ELSE
     parent_id := CASE WHEN TG_OP = 'DELETE' THEN OLD.parent ELSE NEW.parent END;
     IF TG_OP = 'UPDATE' AND OLD.parent IS DISTINCT FROM NEW.parent THEN
-      UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+      UPDATE {REGISTRY} r SET version = version + 1
+      WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
         (OLD.parent, (SELECT parent FROM nodes WHERE id = OLD.parent));
     END IF;
   END IF;
-  UPDATE {REGISTRY} r SET version = version + 1 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
+  UPDATE {REGISTRY} r SET version = version + 1
+      WHERE EXISTS (SELECT 1 FROM nodes WHERE id = r.dataset_id) AND dataset_id IN
     (parent_id, (SELECT parent FROM nodes WHERE id = parent_id));
   RETURN NULL;
 END; $$ LANGUAGE plpgsql""")
@@ -503,7 +507,7 @@ def load(db: Database, reg: Registration) -> ParamTable:
     exprs = ["node_id", "key"] + [f"COALESCE({quote(c.column)}, {nan})" for c in numbers] + \
             [quote(c.column) for c in texts]
     rows = db.fetch(f"SELECT {', '.join(exprs)} FROM {t} ORDER BY node_id")
-    columns_of = list(zip(*rows)) if rows else [() for _ in exprs]
+    columns_of = list(zip(*rows, strict=True)) if rows else [() for _ in exprs]
     node_id = np.asarray(columns_of[0], dtype=np.int64)
     key = np.asarray(columns_of[1], dtype=object)
     values: dict[str, np.ndarray] = {}

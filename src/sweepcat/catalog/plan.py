@@ -23,7 +23,6 @@ from ..contract import ART_STANDARD, AXES_KEY, HAM_REQUIRED, DatasetDescription,
 from .schema import MIMETYPE
 
 
-
 def compact_json(value: Any) -> str:
     """JSON exactly as Tiled's server writes it (orjson)."""
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()

@@ -10,12 +10,15 @@ import asyncio
 import os
 import re
 import sqlite3
-from urllib.parse import quote
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
+from urllib.parse import quote
 
 from ..errors import CatalogBusy, SweepcatError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # db imports this module
     from .db import Database
@@ -64,12 +67,23 @@ def parse_catalog(uri_or_path: str | os.PathLike | None) -> CatalogURI:
         if not m or not m.group(2):
             raise SweepcatError(f"catalog URI {text!r} is not understood",
                                 "use sqlite:////absolute/path.db, a plain file path, or postgresql://user@host:port/db")
-        path = Path(m.group(2) if m.group(2).startswith("/") else m.group(2)).resolve()
-        return CatalogURI(f"sqlite:///{path}")
+        return CatalogURI(f"sqlite:///{_sqlite_path(m.group(2))}")
     if "://" in text:
         raise SweepcatError(f"catalog URI {text!r}: unsupported scheme",
                             "use a SQLite file path or postgresql://user@host:port/db")
-    return CatalogURI(f"sqlite:///{Path(text).resolve()}")
+    return CatalogURI(f"sqlite:///{_sqlite_path(text)}")
+
+
+def _sqlite_path(text: str) -> Path:
+    """A SQLite catalog's file: a directory, or a file in a missing directory, is a clear error."""
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        raise SweepcatError(f"catalog {path} is a directory, not a catalog file",
+                            f"name a file, e.g. --catalog {path / 'sweepcat.db'}")
+    if not path.parent.is_dir():
+        raise SweepcatError(f"catalog {path}: directory {path.parent} does not exist",
+                            "create it first, or name a catalog file in an existing directory")
+    return path
 
 
 def _wrong_revision(cat: CatalogURI, found: str | None) -> SweepcatError:
@@ -120,10 +134,21 @@ async def _pg_revision(dsn: str) -> tuple[bool, str | None]:
         await con.close()
 
 
+def off_the_running_loop(func: Callable[[], T]) -> T:
+    """``func()`` here, or, when this thread runs an event loop (Jupyter, an async server), in a worker
+    thread: asyncio.run and run_until_complete refuse to run inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return func()
+    with ThreadPoolExecutor(1, thread_name_prefix="sweepcat-sync") as pool:
+        return pool.submit(func).result()
+
+
 def pg_revision(cat: CatalogURI) -> tuple[bool, str | None]:
     """(schema present, revision) of a PostgreSQL catalog."""
     try:
-        return asyncio.run(_pg_revision(cat.asyncpg_dsn))
+        return off_the_running_loop(lambda: asyncio.run(_pg_revision(cat.asyncpg_dsn)))
     except OSError as exc:
         raise SweepcatError(f"cannot connect to PostgreSQL at {cat.display} ({exc})",
                             "check host, port and that the server runs") from None
@@ -149,8 +174,11 @@ def _initialize(cat: CatalogURI) -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(create())
-    stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)  # alembic runs its own event loop
+    def run() -> None:
+        asyncio.run(create())
+        stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)  # alembic runs its own event loop
+
+    off_the_running_loop(run)
 
 
 def ensure_catalog(cat: CatalogURI, *, create: bool = True) -> bool:

@@ -143,7 +143,8 @@ def _check_group(opener: Opener, handle: H5Handle, rel: str, g: dict, t: Any) ->
             opener.release(h)
     indexed = g["index_count"] > 0
     if indexed and g["index_count"] != g["type_count"]:
-        return Problem(where, "some rows have an index and some do not", "give every row of a batched dataset its index")
+        return Problem(where, "some rows have an index and some do not",
+                       "give every row of a batched dataset its index")
     if indexed and (not shape or g["index_max"] >= shape[0]):
         return Problem(f"{where}[{g['index_max']}]", f"index out of range: the dataset has {shape[0] if shape else 0} "
                        "rows", "fix 'index' in the manifest, or regenerate it from the files")

@@ -38,9 +38,15 @@ class HttpBackend:
         return self.url
 
     def _get(self, path: str, **params: Any) -> Any:
-        r = self.http.get(f"{self.url}/api/v1/sweepcat{path}", params={k: v for k, v in params.items()
-                                                                         if v is not None})
-        raise_for(r, f"{self.url}{path.split('?')[0]}")
+        import httpx
+
+        url = f"{self.url}/api/v1/sweepcat{path}"
+        try:
+            r = self.http.get(url, params={k: v for k, v in params.items() if v is not None})
+        except httpx.TransportError as exc:
+            raise SweepcatError(f"cannot reach {self.url} ({type(exc).__name__}: {exc})",
+                                "check the URL and that the server runs (`sweepcat serve ...`)") from None
+        raise_for(r, url)
         return r
 
     def info(self) -> dict[str, Any]:
@@ -240,7 +246,24 @@ def _table(content: bytes) -> pa.Table:
     return pa.ipc.open_stream(io.BytesIO(content)).read_all()
 
 
+def server_url(url: str, api_key: str | None) -> tuple[str, str | None]:
+    """The server's base URL and key from what a user pastes: the banner's ``...?api_key=KEY`` link,
+    Tiled's ``/api/v1`` or ``/ui`` addresses, a trailing slash."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    if api_key is None and query.get("api_key"):
+        api_key = query["api_key"][0]
+    path = parts.path.rstrip("/")
+    for tail in ("/api/v1", "/ui"):
+        if tail in path:
+            path = path[: path.index(tail)]
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), api_key
+
+
 def backend_for(target: str, api_key: str | None) -> HttpBackend | LocalBackend:
     if target.startswith(("http://", "https://")):
-        return HttpBackend(target, api_key)
+        url, key = server_url(target, api_key)
+        backend = HttpBackend(url, key)
+        backend.info()  # the server is asked now: a wrong URL or key is said here, not at the first len()
+        return backend
     return LocalBackend(target)

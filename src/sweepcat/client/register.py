@@ -10,6 +10,7 @@ Hamiltonians an interruption cut short.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 
 from ..contract import RESERVED_KEYS, Manifests, asset_uri, encode_batch, file_sha256, validate
 from ..errors import ContractError, SweepcatError
-from .http import raise_for
+from .http import detail_of, raise_for, tiled_client
 
 Progress = Callable[[int, int], None]  # (hamiltonians done, nodes done) increments
 
@@ -216,12 +217,12 @@ def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool
                     progress: Progress | None) -> RegisterResult:
     """One request per node through Tiled's client. A Hamiltonian with fewer children than its
     manifest lists (an interrupted run) is completed on the next run."""
-    from tiled.client import from_uri
 
-    client = from_uri(url, api_key=api_key)
+    client = tiled_client(url, api_key)
     d = m.description
     result = RegisterResult("stock", d.key)
-    if d.key not in client:
+    made_dataset = d.key not in client
+    if made_dataset:
         client.create_container(d.key, metadata={**d.metadata, "sweepcat": {"kind": "dataset", "label": d.label,
                                                                              "root": d.root}})
     ds = client[d.key]
@@ -248,8 +249,27 @@ def _register_stock(url: str, api_key: str | None, m: Manifests, *, update: bool
                 n_new += 1
         return (0 if key in counts else 1), n_new
 
+    def first(h: dict) -> tuple[int, int]:
+        """The first Hamiltonian alone: a server that cannot take sweepcat's arrays refuses it, and what was
+        made for it is removed again, so a refused run leaves nothing behind."""
+        try:
+            return one(h)
+        except (httpx.HTTPStatusError, RuntimeError, ValueError) as exc:
+            response = getattr(exc, "response", None)
+            status = f"HTTP {response.status_code}: {detail_of(response)}" if response is not None else str(exc)
+            if h["key"] not in counts and h["key"] in ds:
+                ds[h["key"]].delete(recursive=True)
+            if made_dataset and not len(ds):
+                client[d.key].delete(recursive=True)
+            raise SweepcatError(
+                f"{url} refused sweepcat's first array node ({status}); nothing was left behind",
+                "the server needs sweepcat's adapter for application/x-sliced-hdf5 and the dataset root in its "
+                "readable_storage: serve with `sweepcat serve`, or run `tiled serve config` on the output of "
+                "`sweepcat config`") from None
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for new_ham, new_arts in pool.map(one, todo):
+        # first(...) runs before pool.map submits the rest (arguments are evaluated left to right)
+        for new_ham, new_arts in itertools.chain([first(todo[0])] if todo else [], pool.map(one, todo[1:])):
             result.added_hamiltonians += new_ham
             result.added_artifacts += new_arts
             result.requests += new_ham + new_arts

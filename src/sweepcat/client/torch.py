@@ -41,7 +41,8 @@ class SweepDataset(_TorchDataset):  # type: ignore[misc]
             raise SweepcatError(f"unknown target parameter(s) {', '.join(unknown)}",
                                 f"parameters: {', '.join(params.columns)}")
         self.keys = params.index.to_numpy()
-        self.targets = params[target].to_numpy(dtype=np.float32) if target else np.zeros((len(self.keys), 0), np.float32)
+        self.targets = (params[target].to_numpy(dtype=np.float32) if target
+                        else np.zeros((len(self.keys), 0), np.float32))
         self._backend_state = result.backend.__getstate__()
         self._backend_class = type(result.backend)
         self._backend: Any = None

@@ -51,7 +51,7 @@ def selection(slice_: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tup
     read: list[Any] = []
     after: list[Any] = []
     out: list[int] = []
-    for sel, dim in zip(expanded, shape):
+    for sel, dim in zip(expanded, shape, strict=True):
         if isinstance(sel, (int, np.integer)):
             i = int(sel) + dim if sel < 0 else int(sel)
             if not 0 <= i < dim:

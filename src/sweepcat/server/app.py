@@ -73,3 +73,49 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
     if fast_path:
         app.add_middleware(LocatorFastPath, policy=policy)
     return app
+
+
+def bind(host: str, port: int) -> Any:
+    """A listening socket on (host, port), or a sentence saying why not (the port in use, a bad address)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = ("stop the other server, or pick another --port" if exc.errno == 98 else
+                "pass an address of this machine (--host 127.0.0.1 for this machine only)")
+        raise SweepcatError(f"cannot listen on {host}:{port}: {exc.strerror}", hint) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+CONFIG_ENV = "SWEEPCAT_CONFIG"
+
+
+def from_config_env() -> Any:
+    """An app factory for uvicorn, serving the config file named by $SWEEPCAT_CONFIG (as `sweepcat config`
+    writes it) exactly as `sweepcat serve` does, fast path included:
+
+        SWEEPCAT_CONFIG=tiled.yml uvicorn --factory sweepcat.server.app:from_config_env --port 8000
+
+    (`tiled serve config tiled.yml` serves the same catalog without the fast path.)"""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise SweepcatError(f"${CONFIG_ENV} is not set", f"set it to the file `sweepcat config` wrote: "
+                            f"{CONFIG_ENV}=tiled.yml uvicorn --factory sweepcat.server.app:from_config_env")
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SweepcatError(f"{CONFIG_ENV}={path}: cannot read the config ({exc})",
+                            "write it with `sweepcat config --catalog ... > tiled.yml`") from None
+    return build_app(config)

@@ -280,8 +280,8 @@ def for_app(app: Any) -> ServerPolicy:
     policy = getattr(app.state, "sweepcat_policy", None)
     if policy is not None:
         return policy
-    from tiled.storage import FileStorage
     from tiled.server.settings import get_settings
+    from tiled.storage import FileStorage
 
     settings = get_settings()
     if settings.expose_raw_assets:
@@ -400,8 +400,13 @@ class Access:
 
 
 def _access_dependency(scopes: list[str], per_dataset: bool) -> Any:
-    from tiled.server.authentication import (check_scopes, get_current_access_tags, get_current_principal,
-                                             get_current_scopes, get_session_state)
+    from tiled.server.authentication import (
+        check_scopes,
+        get_current_access_tags,
+        get_current_principal,
+        get_current_scopes,
+        get_session_state,
+    )
 
     async def resolve(request: Request, principal: Any, authn_access_tags: Any, authn_scopes: Any,
                       session_state: dict) -> Access:

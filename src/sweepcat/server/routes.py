@@ -51,7 +51,8 @@ MAX_PAGE = 10_000
 
 def _error(exc: SweepcatError, status: int) -> HTTPException:
     detail: dict[str, Any] = {"message": exc.message, "hint": exc.hint}
-    if isinstance(exc, ContractError):
+    if isinstance(exc, ContractError):  # the problems travel once, as a list (the client prints them)
+        detail["message"] = exc.head
         detail["problems"] = [dataclasses.asdict(p) for p in exc.problems]
     return HTTPException(status_code=status, detail=detail)
 
@@ -317,7 +318,7 @@ async def locators(dataset: str, q: str | None = Query(None), type: str | None =
 
     table = await _in_thread(run)
     if visible is not None and table.num_rows:
-        pairs = list(zip(table.column("key").to_pylist(), table.column("type").to_pylist()))
+        pairs = list(zip(table.column("key").to_pylist(), table.column("type").to_pylist(), strict=True))
         hidden = await access.hidden_artifacts(pairs)
         if hidden:
             table = table.filter(pa.array([p not in hidden for p in pairs]))
