@@ -19,10 +19,10 @@ def new_api_key() -> str:
 
 
 RAW_ASSETS = "expose_raw_assets"  # Tiled's setting; sweepcat servers keep it off
-# Tiled counts a listing's children exactly only up to this many, and says "at least N" beyond (on SQLite,
-# where it has no statistics, "101" for 100,000 Hamiltonians). A count walks the parent index: measured
-# in BENCHMARKS.md, cheap next to the page of results it comes with, so counts are exact up to 10^7.
-EXACT_COUNT_LIMIT = 10_000_000
+# Tiled counts a listing's children exactly only up to this many, and reports a lower bound beyond (on
+# SQLite, where it has no statistics, "101" for 100,000 Hamiltonians). Counting walks the parent index,
+# ~0.17 s per listing at 10^6 children on SQLite (BENCHMARKS.md): exact up to 10^6, Tiled's bound beyond.
+EXACT_COUNT_LIMIT = 1_000_000
 
 
 def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str, public: bool = False,
