@@ -20,7 +20,7 @@ from sweepcat.catalog.ingest import ingest
 from sweepcat.cli import app
 from sweepcat.contract import read_manifests
 from sweepcat.errors import SweepcatError
-from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
+from tests.support.servers import API_KEY, clean_env, free_port, plain_tiled_server, stop, sweepcat_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,23 +224,11 @@ def test_register_against_tiled_without_the_adapter_leaves_nothing(tmp_path: Pat
 
     catalog = tmp_path / "plain.db"
     ensure_catalog(parse_catalog(str(catalog)))
-    config = {"authentication": {"single_user_api_key": API_KEY},
-              "trees": [{"path": "/", "tree": "catalog", "args": {"uri": f"sqlite:///{catalog}",
-                                                                  "readable_storage": [str(demo_root)]}}]}
-    cfg = tmp_path / "plain.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tiled", "serve", "config", str(cfg), "--port", str(port)],
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+    with plain_tiled_server(catalog, [demo_root], tmp_path) as url:  # no adapter for sweepcat's arrays
         with pytest.raises(SweepcatError, match="nothing was left behind") as err:
             register(read_manifests(demo_manifests, dataset="NiPS3_per_entity"), url, API_KEY)
         assert "sweepcat serve" in (err.value.hint or "")
         assert list(from_uri(url, api_key=API_KEY)) == []
-    finally:
-        stop(proc)
 
 
 def _spec(demo_root: Path, tmp_path: Path, runner: Any, edit: Any) -> Path:

@@ -18,7 +18,7 @@ from sweepcat.client.register import register
 from sweepcat.contract import encode_batch
 from sweepcat.errors import SweepcatError
 from tests.support import paused
-from tests.support.servers import API_KEY, clean_env, free_port, stop, sweepcat_server, wait_ready
+from tests.support.servers import API_KEY, clean_env, free_port, plain_tiled_server, stop, sweepcat_server, wait_ready
 from tests.test_catalog import manifests_of
 
 
@@ -264,23 +264,9 @@ def test_two_clients_at_once(tmp_path: Path, demo_manifests: Path, demo_root: Pa
 
 def test_stock_fallback_against_a_plain_tiled_server(tmp_path: Path, demo_manifests: Path, demo_root: Path):
     """A Tiled server without sweepcat's router (its own config, adapter mapped): the stock path."""
-    import yaml
-
     catalog = seed_catalog(tmp_path / "c.db", demo_manifests)
-    config = {
-        "authentication": {"single_user_api_key": API_KEY},
-        "trees": [{"path": "/", "tree": "catalog", "args": {
-            "uri": f"sqlite:///{catalog}", "readable_storage": [str(demo_root)],
-            "adapters_by_mimetype": {"application/x-sliced-hdf5": "sweepcat.server.adapter:SlicedHDF5Adapter"}}}],
-    }
-    cfg = tmp_path / "plain.yml"
-    cfg.write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tiled", "serve", "config", str(cfg), "--port", str(port)],
-                              env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, server)
+    adapter = {"application/x-sliced-hdf5": "sweepcat.server.adapter:SlicedHDF5Adapter"}
+    with plain_tiled_server(Path(catalog), [demo_root], tmp_path, adapters=adapter) as url:
         m = manifests_of(demo_manifests, "NiPS3_per_artifact")
         first = register(m, url, API_KEY)
         assert first.path == "stock" and (first.added_hamiltonians, first.added_artifacts) == (24, 48)
@@ -300,6 +286,3 @@ def test_stock_fallback_against_a_plain_tiled_server(tmp_path: Path, demo_manife
         third = register(m, url, API_KEY)
         assert (third.added_hamiltonians, third.added_artifacts) == (0, 1)
         assert sorted(ds["H_NiPS3_00005"]) == ["rixs", "xps"]
-    finally:
-        server.terminate()
-        server.wait(timeout=15)

@@ -69,6 +69,30 @@ def sweepcat_server(catalog: str, *, api_key: str = API_KEY, public: bool = Fals
         stop(proc)
 
 
+@contextlib.contextmanager
+def plain_tiled_server(catalog: Path, readable: list[Path], workdir: Path, *,
+                       adapters: dict[str, str] | None = None) -> Iterator[str]:
+    """`tiled serve config` on a catalog file: Tiled alone (no sweepcat routes, no fast path; sweepcat's
+    adapter only if ``adapters`` maps it), one API key, on 127.0.0.1 and a free port; stopped on exit."""
+    import yaml
+
+    args: dict = {"uri": f"sqlite:///{catalog}", "readable_storage": [str(r) for r in readable]}
+    if adapters:
+        args["adapters_by_mimetype"] = adapters
+    config = workdir / "plain-tiled.yml"
+    config.write_text(yaml.safe_dump({"authentication": {"single_user_api_key": API_KEY},
+                                      "trees": [{"path": "/", "tree": "catalog", "args": args}]}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tiled", "serve", "config", str(config), "--port", str(port)],
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
 def drain(proc: subprocess.Popen, keep: int = 500) -> collections.deque:
     """Read a server's output as it comes (its last ``keep`` lines are returned, for debugging): a pipe
     nobody reads fills after 64 KB of access log, and the server then blocks on its next log line."""
