@@ -144,6 +144,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, runner: Any
             source = _data_source(f"file://localhost{root}/{BATCH_FILES[0]}", "/RIXS", (151, 40), "float64", 0)
             source.parameters = parameters
             h.new("array", [source], key=type_)
+        # Tiled's own readers, reached through nodes a key holder creates: '..' passes Tiled's string check.
+        for type_, uri in (("tiled_dotdot", f"file://localhost{root}/../outside/secret.h5"),
+                           ("tiled_inside", f"file://localhost{root}/{BATCH_FILES[0]}")):
+            source = _data_source(uri, "RIXS", (4, 151, 40), "float64", None)
+            source.mimetype = "application/x-hdf5"
+            h.new("array", [source], key=type_)
         uris = {"relative": f"file:{BATCH_FILES[0]}",
                 "doubleslash": f"file://localhost/{root}/{BATCH_FILES[0]}"}  # root is absolute: '//' + path
         for type_, uri in uris.items():
@@ -237,6 +243,26 @@ def test_no_read_path_serves_a_file_outside_readable_storage(world: World, inpro
         assert r.status_code == 403 and "outside readable storage" in r.text, r.text[:300]
     else:  # the file is inside; what it links to is refused when read
         assert r.status_code == 200
+
+
+@pytest.mark.parametrize("type_", ["tiled_dotdot", "tiled_inside"])
+def test_tiled_s_own_readers_never_open_files_for_a_sweepcat_server(world: World, inproc: Any, type_: str) -> None:
+    """Found by trying it as an attacker (round 3): a node created through Tiled's API with Tiled's HDF5
+    mimetype and a '..' path was read by Tiled's HDF5 adapter, outside the file rule. A sweepcat server
+    reads no data source but its own: 403 naming the node, on every app sweepcat builds or configures."""
+    for client in (inproc(fast_path=True), inproc(fast_path=False), inproc(tiled_only=True)):
+        for accept in ("application/octet-stream", "application/json"):
+            r = client.get(f"/api/v1/array/full/{world.path(type_)}",
+                           headers={"Authorization": f"Apikey {API_KEY}", "Accept": accept})
+            assert r.status_code == 403, (accept, r.status_code, r.text[:300])
+            _no_secret(r)
+            assert type_ in r.text and "application/x-hdf5" in r.text
+
+
+def test_a_path_below_an_array_is_404(world: World, inproc: Any) -> None:
+    for client in (inproc(fast_path=True), inproc(fast_path=False)):
+        r = client.get(f"/api/v1/array/full/{world.path('rixs')}/extra", headers={"Authorization": f"Apikey {API_KEY}"})
+        assert r.status_code == 404, r.text[:300]
 
 
 def test_the_good_node_still_reads_on_every_path(world: World, inproc: Any, demo_root: Path) -> None:

@@ -182,6 +182,8 @@ def test_client_mistakes_are_sentences(server: str) -> None:
     assert len(pasted["NiPS3_per_entity"].find("tenDq > 0")) == 24
     with pytest.raises(SweepcatError, match="refused the API key"):
         sweepcat.client.open(server, api_key="wrong")
+    with pytest.raises(SweepcatError, match="requires an API key and none was given"):
+        sweepcat.client.open(server)
     backend = pasted.backend
     with pytest.raises(SweepcatError) as err:
         backend.search("nope", None, 0, 10)

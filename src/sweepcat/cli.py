@@ -437,7 +437,13 @@ def datasets_cmd(
         if not url:
             from .catalog.schema import ensure_catalog, parse_catalog
 
-            ensure_catalog(parse_catalog(target), create=False)
+            try:
+                ensure_catalog(parse_catalog(target), create=False)
+            except SweepcatError as exc:
+                if catalog:
+                    raise
+                raise SweepcatError(f"{exc.message} (the default catalog)", "name one: --catalog demo/sweepcat.db, "
+                                    "or a server: --url http://127.0.0.1:8000 --api-key KEY") from None
         found = backend_for(target, api_key).datasets()
         if not found:
             out.print(f"no datasets in {target}; add one with `sweepcat ingest MANIFESTS --catalog ...`")

@@ -46,6 +46,9 @@ class HttpBackend:
         except httpx.TransportError as exc:
             raise SweepcatError(f"cannot reach {self.url} ({type(exc).__name__}: {exc})",
                                 "check the URL and that the server runs (`sweepcat serve ...`)") from None
+        if r.status_code == 401 and not self.api_key:
+            raise SweepcatError(f"{url}: the server requires an API key and none was given (401)",
+                                "pass api_key=... (or --api-key KEY / SWEEPCAT_API_KEY): the key the server printed")
         raise_for(r, url)
         return r
 

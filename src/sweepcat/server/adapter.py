@@ -108,6 +108,10 @@ class SlicedHDF5Adapter:
     def locator(self) -> str:
         return Locator(self.path, self.dataset, self.index).url()
 
+    def get(self, key: str) -> None:
+        """An array has no children: a path below it is Tiled's 404, not an AttributeError (500)."""
+        return None
+
     def structure(self) -> Any:
         return self._structure
 
@@ -183,3 +187,19 @@ class SlicedHDF5Adapter:
 
 
 __all__ = ["MIMETYPE", "SlicedHDF5Adapter", "Refused", "selection"]
+
+
+class RefusedAdapter:
+    """Every other data source a client can create through Tiled's API (HDF5, CSV, TIFF, Zarr ...): refused.
+    Tiled's own readers check a path only as the string it was given (``..`` and symlinks pass) and follow
+    HDF5 links and external storage anywhere; sweepcat's file rule covers only its own reader. A sweepcat
+    server therefore reads no other kind of data source: a client's write never widens what it reads."""
+
+    @classmethod
+    def from_catalog(cls, data_source: Any, node: Any, /, **parameters: Any) -> Any:
+        key = getattr(node, "key", "?")
+        raise HTTPException(status_code=403, detail={
+            "message": f"node {key!r}: its data source ({data_source.mimetype}) is not one this sweepcat server "
+                       f"reads; it serves only its own arrays ({MIMETYPE}), under its file rule",
+            "hint": "register the data with `sweepcat ingest`/`register`, or serve other data with a separate "
+                    "Tiled server"})

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from ..catalog.schema import parse_catalog
 from ..errors import SweepcatError
-from .config import RAW_ASSETS
+from .config import RAW_ASSETS, adapters_by_mimetype
 from .policy import ServerPolicy
 
 
@@ -58,7 +58,9 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
         raise SweepcatError(f"the server config sets {RAW_ASSETS}: true, which lets any reader download the files "
                             "behind a node (its URI alone decides), past sweepcat's file rule and byte budget",
                             f"remove {RAW_ASSETS} from the config (sweepcat servers keep it off)")
-    app = build_app_from_config({**config, RAW_ASSETS: False})
+    trees = [{**tree, "args": {**tree.get("args", {}), "adapters_by_mimetype": adapters_by_mimetype()}}
+             if tree.get("tree") == "catalog" else tree for tree in config.get("trees", [])]
+    app = build_app_from_config({**config, RAW_ASSETS: False, "trees": trees})  # Tiled's readers: refused
     overrides = app.dependency_overrides
     if set(overrides) == {get_settings} and overrides[get_settings]() is get_settings():
         app.dependency_overrides = _SettledOverrides(overrides, (get_settings, overrides[get_settings]))

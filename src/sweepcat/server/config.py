@@ -10,6 +10,15 @@ import yaml
 from .adapter import MIMETYPE
 
 ADAPTER = "sweepcat.server.adapter:SlicedHDF5Adapter"
+REFUSED = "sweepcat.server.adapter:RefusedAdapter"
+
+
+def adapters_by_mimetype() -> dict[str, str]:
+    """sweepcat's adapter for its arrays, and a refusal for every reader Tiled brings (they would open
+    files past the file rule: see RefusedAdapter)."""
+    from tiled.mimetypes import DEFAULT_ADAPTERS_BY_MIMETYPE
+
+    return {**{m: REFUSED for m in DEFAULT_ADAPTERS_BY_MIMETYPE.keys() if m != MIMETYPE}, MIMETYPE: ADAPTER}
 ROUTER = "sweepcat.server.routes:router"
 API_KEY_ENV = "SWEEPCAT_API_KEY"
 
@@ -39,7 +48,7 @@ def server_config(catalog_uri: str, readable_storage: list[str], *, api_key: str
                 "uri": catalog_uri,
                 "readable_storage": sorted(set(readable_storage)),
                 "init_if_not_exists": False,
-                "adapters_by_mimetype": {MIMETYPE: ADAPTER},
+                "adapters_by_mimetype": adapters_by_mimetype(),
             },
         }],
         "routers": [ROUTER],
