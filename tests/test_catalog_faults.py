@@ -427,7 +427,9 @@ def test_config_yaml_runs_under_tiled_serve_config(runner, small_catalog: Path, 
     (tree,) = config["trees"]
     assert tree["args"]["readable_storage"] == sorted(
         str((demo_root / n).resolve()) for n in ("NiPS3_per_artifact", "NiPS3_per_entity"))
-    assert tree["args"]["adapters_by_mimetype"] == {MIMETYPE: "sweepcat.server.adapter:SlicedHDF5Adapter"}
+    mapping = tree["args"]["adapters_by_mimetype"]
+    assert mapping.pop(MIMETYPE) == "sweepcat.server.adapter:SlicedHDF5Adapter"
+    assert "application/x-hdf5" in mapping and set(mapping.values()) == {"sweepcat.server.adapter:RefusedAdapter"}
     # With SWEEPCAT_API_KEY set, that key goes into the config.
     r2 = runner.invoke(app, ["config", "--catalog", str(small_catalog)], env={"SWEEPCAT_API_KEY": API_KEY})
     assert yaml.safe_load(r2.stdout)["authentication"]["single_user_api_key"] == API_KEY
