@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from ..errors import DatasetChanged, SweepcatError
 from ..h5open import Opener, session
-from .http import raise_for
+from .http import raise_for, unreachable
 
 
 class HttpBackend:
@@ -44,8 +44,7 @@ class HttpBackend:
         try:
             r = self.http.get(url, params={k: v for k, v in params.items() if v is not None})
         except httpx.TransportError as exc:
-            raise SweepcatError(f"cannot reach {self.url} ({type(exc).__name__}: {exc})",
-                                "check the URL and that the server runs (`sweepcat serve ...`)") from None
+            raise unreachable(self.url, exc) from None
         if r.status_code == 401 and not self.api_key:
             raise SweepcatError(f"{url}: the server requires an API key and none was given (401)",
                                 "pass api_key=... (or --api-key KEY / SWEEPCAT_API_KEY): the key the server printed")

@@ -42,6 +42,12 @@ def raise_for(response: httpx.Response, what: str) -> None:
     raise SweepcatError(f"{what}: HTTP {response.status_code}: {detail}", "see the server log for details")
 
 
+def unreachable(url: str, exc: Exception) -> SweepcatError:
+    """A server that cannot be reached (refused, unknown host, timed out), said as such."""
+    return SweepcatError(f"cannot reach {url} ({type(exc).__name__}: {exc})",
+                         "check the URL and that the server runs (`sweepcat serve ...`)")
+
+
 def tiled_client(url: str, api_key: str | None) -> Any:
     """Tiled's own client on ``url``, or a sentence saying why not (unreachable, refused key, not Tiled)."""
     from tiled.client import from_uri
@@ -49,12 +55,11 @@ def tiled_client(url: str, api_key: str | None) -> Any:
     try:
         httpx.get(f"{url.rstrip('/')}/healthz", timeout=10)  # unreachable: said now, not after the client's retries
     except httpx.TransportError as exc:
-        raise SweepcatError(f"cannot reach {url} ({type(exc).__name__}: {exc})",
-                            "check the URL and that the server runs") from None
+        raise unreachable(url, exc) from None
     try:
         return from_uri(url, api_key=api_key)
     except httpx.ConnectError as exc:
-        raise SweepcatError(f"cannot reach {url} ({exc})", "check the URL and that the server runs") from None
+        raise unreachable(url, exc) from None
     except httpx.HTTPStatusError as exc:
         if exc.response.status_code == 401:
             raise SweepcatError(f"{url} refused the API key (401)",
