@@ -168,14 +168,16 @@ def _fragment(dataset: str, index: int | None) -> str:
 
 def absolute_locator_urls(paths: Iterable[str], datasets: Iterable[str],
                           indices: Iterable[int | None]) -> list[str]:
-    """``Locator.url`` for many rows of absolute paths (index None: whole dataset); each path quoted once."""
-    quoted: dict[str, str] = {}
+    """``Locator.url`` for many rows of absolute paths (index None: whole dataset); each distinct
+    (path, dataset) quoted once."""
+    prefixes: dict[tuple[str, str], str] = {}
     out = []
     for path, dataset, index in zip(paths, datasets, indices, strict=True):
-        q = quoted.get(path)
-        if q is None:
-            q = quoted[path] = urllib.parse.quote(Path(path).as_posix())
-        out.append(f"file://{q}#{_fragment(dataset, index)}")
+        prefix = prefixes.get((path, dataset))
+        if prefix is None:
+            prefix = prefixes[(path, dataset)] = \
+                f"file://{urllib.parse.quote(Path(path).as_posix())}#{_fragment(dataset, None)}"
+        out.append(prefix if index is None else f"{prefix}[{int(index)}]")
     return out
 
 

@@ -134,9 +134,12 @@ class FileRule:
                 f = h5py.File(f"/proc/self/fd/{fd}", "r")
             else:  # pragma: no cover - Linux has /proc
                 f = h5py.File(real, "r")
-        finally:
+        except BaseException:
             os.close(fd)
-        return H5Handle(path, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), f)
+            raise
+        # The descriptor stays open with the file: positional reads (h5read's direct rows) use the very
+        # inode the rule checked, never the path again.
+        return H5Handle(path, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), f, fd=fd)
 
 
 @dataclass
@@ -149,12 +152,16 @@ class H5Handle:
     file: h5py.File
     refs: int = 0
     datasets: dict[tuple[str, tuple[str, ...]], h5py.Dataset] = field(default_factory=dict)
+    fd: int = -1  # the descriptor the rule checked, open for positional reads until close()
 
     def close(self) -> None:
         try:
             self.file.close()
         except Exception:  # noqa: BLE001 - closing a file HDF5 already lost is not an error worth raising
             pass
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- dataset resolution
@@ -269,10 +276,18 @@ class Opener:
     @contextmanager
     def dataset(self, path: str, name: str) -> Iterator[h5py.Dataset]:
         """A dataset of ``path``, open for the duration of the block."""
+        with self.located(path, name) as (ds, _):
+            yield ds
+
+    @contextmanager
+    def located(self, path: str, name: str) -> Iterator[tuple[h5py.Dataset, H5Handle]]:
+        """A dataset of ``path`` and the handle of the file that holds its bytes (the last file an external
+        link led to, else ``path`` itself), open for the duration of the block."""
         handle = self.acquire(path)
         held: list[H5Handle] = []
         try:
-            yield self.resolve(handle, name, held)
+            ds = self.resolve(handle, name, held)
+            yield ds, (held[-1] if held else handle)
         finally:
             for h in held:
                 self.release(h)

@@ -99,33 +99,77 @@ class HttpBackend:
 
     def _read_page(self, ds: str, q: str | None, type_: str, offset: int, want: int, version: int | None,
                    into: np.ndarray) -> None:
-        import httpx
+        """One page of a stacked read, received straight into ``into`` (``recv_into``: no copies, no
+        re-chunking; httpx would pass every 64 KB through its parser and join them again)."""
+        import http.client
 
         what = f"{self.url}/read/{ds} rows {offset}..{offset + want}"
         params = {k: v for k, v in {"q": q, "type": type_, "offset": offset, "limit": want,
                                     "version": version}.items() if v is not None}
+        target = f"{self._base_path}/api/v1/sweepcat/read/{_seg(ds)}?{urllib.parse.urlencode(params)}"
+        conn = self._raw_connection()
         try:
-            with self.http.stream("GET", f"{self.url}/api/v1/sweepcat/read/{_seg(ds)}", params=params) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise_for(r, what)
-                n = int(r.headers["x-sweepcat-shape"].split(",")[0])
-                if n != want or np.dtype(r.headers["x-sweepcat-dtype"]) != into.dtype:
-                    raise DatasetChanged(f"{what}: the server sent {n} rows of {r.headers['x-sweepcat-dtype']}, "
-                                         f"{want} of {into.dtype.str} were expected",
-                                         "the dataset changed: run the query again (res = res.refresh())")
-                view = memoryview(into.reshape(-1).view(np.uint8))
-                pos = 0
-                for chunk in r.iter_bytes(1 << 20):
-                    view[pos:pos + len(chunk)] = chunk
-                    pos += len(chunk)
-                if pos != view.nbytes:
-                    raise SweepcatError(f"{what}: {pos} of {view.nbytes} bytes arrived",
-                                        "see the server log; run the read again")
-        except httpx.HTTPError as exc:
+            conn.request("GET", target, headers=self._raw_headers)
+            r = conn.getresponse()
+            if r.status >= 400:
+                import httpx
+
+                body = r.read()
+                raise_for(httpx.Response(r.status, content=body, headers=dict(r.getheaders())), what)
+                raise SweepcatError(f"{what}: HTTP {r.status}", "see the server log")
+            n = int(r.getheader("x-sweepcat-shape", "-1").split(",")[0])
+            if n != want or np.dtype(r.getheader("x-sweepcat-dtype", "V0")) != into.dtype:
+                raise DatasetChanged(f"{what}: the server sent {n} rows of {r.getheader('x-sweepcat-dtype')}, "
+                                     f"{want} of {into.dtype.str} were expected",
+                                     "the dataset changed: run the query again (res = res.refresh())")
+            view = memoryview(into.reshape(-1).view(np.uint8))
+            pos = 0
+            while pos < view.nbytes:
+                got = r.readinto(view[pos:])
+                if not got:
+                    break
+                pos += got
+            if pos != view.nbytes or r.read(1):
+                raise SweepcatError(f"{what}: {pos} of {view.nbytes} bytes arrived",
+                                    "see the server log; run the read again")
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_raw_connection()
+            if isinstance(exc, ConnectionRefusedError):
+                raise unreachable(self.url, exc) from None
             raise SweepcatError(f"{what}: the transfer broke off ({exc})",
                                 "see the server log (a file may have changed during the read); run it again") \
                 from None
+        except BaseException:
+            self._drop_raw_connection()  # a response not read to its end cannot carry the next request
+            raise
+
+    @property
+    def _base_path(self) -> str:
+        return urllib.parse.urlsplit(self.url).path.rstrip("/")
+
+    @property
+    def _raw_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Apikey {self.api_key}"} if self.api_key else {}
+
+    def _raw_connection(self) -> Any:
+        """This thread's keep-alive connection to the server (http.client), made on first use."""
+        import http.client
+        import threading
+
+        local = self.__dict__.setdefault("_raw", threading.local())
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            parts = urllib.parse.urlsplit(self.url)
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = local.conn = kind(parts.hostname, parts.port, timeout=self.http.timeout.read)
+        return conn
+
+    def _drop_raw_connection(self) -> None:
+        local = self.__dict__.get("_raw")
+        conn = getattr(local, "conn", None)
+        if conn is not None:
+            conn.close()
+            local.conn = None
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         path = "/".join(_seg(s) for s in (ds, key, type_))
