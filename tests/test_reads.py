@@ -150,3 +150,246 @@ def test_a_file_cut_short_during_a_read_is_refused_not_read_short(tmp_path: Path
                   np.array([0, 63], np.int64), (100,), np.dtype("<f8"))
     with pytest.raises(SourceChanged, match="c.h5"):
         read_stacked(stack, CutWhileOpen(FileRule.under(tmp_path)))
+
+
+# --------------------------------------------------------------------------- through a real server
+
+import httpx  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import sweepcat.client  # noqa: E402
+from sweepcat.catalog.ingest import ingest  # noqa: E402
+from sweepcat.client.progress import ReadProgress  # noqa: E402
+from sweepcat.errors import DatasetChanged, SweepcatError  # noqa: E402
+from tests.support.servers import API_KEY, sweepcat_server  # noqa: E402
+from tests.test_catalog import DATASETS, manifests_of  # noqa: E402
+
+ROW = 151 * 40 * 8  # one RIXS map
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_manifests: Path):
+    """(url, catalog): the demo datasets on each backend, served with one RIXS map per streamed chunk."""
+    if request.param == "sqlite":
+        catalog = str(tmp_path_factory.mktemp("reads") / "catalog.db")
+    else:
+        catalog = request.getfixturevalue("postgres").create_database(f"reads_{id(request)}")
+    for name in DATASETS:
+        ingest(manifests_of(demo_manifests, name), catalog)
+    with sweepcat_server(catalog, extra_env={"SWEEPCAT_STREAM_CHUNK_BYTES": str(ROW)}) as url:
+        yield url, catalog
+
+
+def _h5py_truth(res, type_: str) -> np.ndarray:
+    loc = res.locators
+    loc = loc[loc.type == type_].set_index("key").loc[res.keys()]
+    out = []
+    for file, dataset, index in zip(loc.file, loc.dataset, loc["index"], strict=True):
+        with h5py.File(file, "r") as f:
+            out.append(f[dataset][()] if pd.isna(index) else f[dataset][int(index)])
+    return np.stack(out)
+
+
+def test_mode_b_sends_every_row_it_read_in_order(served):
+    """Found by the issue's benchmark: the stream reused one buffer per response, and uvloop still held the
+    chunk it had been given (queued without a copy) when the next rows were read into it: rows of a later
+    chunk arrived in place of earlier ones. Many one-map chunks, rows scattered by a shuffle."""
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].all().shuffle(seed=5)
+    truth = _h5py_truth(res, "rixs")
+    for _ in range(3):
+        np.testing.assert_array_equal(res.read("rixs"), truth)
+    np.testing.assert_array_equal(res.read("rixs", mode="direct"), truth)
+
+
+def _expected(base: list[str], frame: pd.DataFrame, cut: str) -> list[str]:
+    """What each cut means, written with pandas and Python lists (not with sweepcat's code)."""
+    keys = list(base)
+    if cut == "head":
+        return keys[:7]
+    if cut == "tail":
+        return keys[-5:]
+    if cut == "every third":
+        return keys[1::3]
+    if cut == "reversed":
+        return keys[::-1]
+    if cut == "sort":
+        return list(frame.loc[keys].sort_values("F2_dd", kind="stable").index)
+    if cut == "sort descending":
+        return list(frame.loc[keys].sort_values("F2_dd", ascending=False, kind="stable").index)
+    if cut == "sample":
+        return [keys[i] for i in np.random.default_rng(11).permutation(len(keys))[:9]]
+    raise AssertionError(cut)
+
+
+CUTS = {"head": lambda r: r.head(7), "tail": lambda r: r[-5:], "every third": lambda r: r[1::3],
+        "reversed": lambda r: r[::-1], "sort": lambda r: r.sort_by("F2_dd"),
+        "sort descending": lambda r: r.sort_by("F2_dd", ascending=False), "sample": lambda r: r.sample(9, seed=11)}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_cuts_give_the_same_rows_over_http_and_from_the_catalog(served, demo_manifests: Path, cut: str):
+    url, catalog = served
+    frame = manifests_of(demo_manifests, "NiPS3_batched").ham.to_pandas().set_index("key")
+    for target in (url, catalog):
+        res = sweepcat.client.open(target, api_key=API_KEY)["NiPS3_batched"].find("tenDq > 1.2")
+        base = res.keys()
+        assert base == sorted(base), "listing order is key order on every backend"
+        part = CUTS[cut](res)
+        want = _expected(base, frame, cut)
+        assert part.keys() == want
+        assert len(part) == len(want)
+        assert list(part.params.index) == want
+        loc = part.locators
+        assert list(loc[loc.type == "rixs"].key) == want
+        np.testing.assert_array_equal(part.read("rixs"), _h5py_truth(part, "rixs"))
+        np.testing.assert_array_equal(part.read("rixs", mode="direct"), _h5py_truth(part, "rixs"))
+
+
+def test_split_is_disjoint_covers_everything_and_repeats_with_its_seed(served):
+    url, catalog = served
+    parts = {}
+    for target in (url, catalog):
+        res = sweepcat.client.open(target, api_key=API_KEY)["NiPS3_batched"].all()
+        train, val, test = res.split([0.8, 0.1, 0.1], seed=3)
+        keys = [p.keys() for p in (train, val, test)]
+        assert [len(k) for k in keys] == [int(0.8 * len(res)), int(0.9 * len(res)) - int(0.8 * len(res)),
+                                          len(res) - int(0.9 * len(res))]
+        assert sorted(sum(keys, [])) == sorted(res.keys())
+        assert keys == [p.keys() for p in res.split([0.8, 0.1, 0.1], seed=3)]
+        assert keys != [p.keys() for p in res.split([0.8, 0.1, 0.1], seed=4)]
+        parts[target] = keys
+    assert parts[url] == parts[catalog]
+
+
+def test_a_cut_is_read_on_the_version_it_was_cut_from(served):
+    """A cut's rows depend on its parent's matches: after the dataset changes it refuses, never reads others."""
+    from tiled.client import from_uri
+
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_per_artifact"].all()
+    head = res.head(3)
+    assert len(head) == 3
+    first = head.keys()[0]
+    node = from_uri(url, api_key=API_KEY)["NiPS3_per_artifact"][first]
+    node.update_metadata({**dict(node.metadata), "note": "touched"})  # through Tiled's API: a new version
+    with pytest.raises(DatasetChanged):
+        head.keys()
+    with pytest.raises(DatasetChanged):
+        head.read("xps")
+    assert head.refresh().keys() == res.refresh().keys()[:3]
+
+
+@pytest.mark.parametrize("cuts, says", [("slice:a:b", "not an integer"), ("shuffle:-1", "seed"),
+                                        ("sort:nope", "no such parameter"), ("frobnicate:1", "not understood"),
+                                        ("slice:0:5:0", "step"), ("take:999999", "past the result")])
+def test_bad_cuts_get_400_naming_the_cut(served, cuts: str, says: str):
+    url, _ = served
+    r = httpx.get(f"{url}/api/v1/sweepcat/search/NiPS3_batched", params={"cuts": cuts},
+                  headers={"Authorization": f"Apikey {API_KEY}"})
+    assert r.status_code == 400, r.text
+    assert says in r.text
+
+
+def test_cut_arguments_are_checked_before_any_request(served):
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].all()
+    with pytest.raises(SweepcatError, match="cannot sample"):
+        res.sample(len(res) + 1, seed=0)
+    with pytest.raises(ValueError, match="fractions"):
+        res.split([0.8, 0.3])
+    with pytest.raises(SweepcatError, match="no such parameter"):
+        res.sort_by("tendq")
+    with pytest.raises(TypeError, match="slices"):
+        res[3]
+    assert "[:7]" in repr(res.head(7)) and "shuffle(seed=2)" in repr(res.sample(2, seed=2))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("mode", ["direct", "server"])
+def test_training_batches_are_float32_one_read_each_and_cover_every_row(served, mode: str,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].find("tenDq > 1")
+    data = res.to_torch("rixs", target=["tenDq", "F2_dd"], mode=mode)
+    assert "float64 -> float32" in repr(data) and f"mode {mode!r}" in repr(data)
+    truth = res.read("rixs", mode="direct").astype(np.float32)
+    params = res.params[["tenDq", "F2_dd"]].to_numpy(np.float32)
+
+    reads = []
+    if mode == "direct":
+        real = torch_module().read_stacked
+        monkeypatch.setattr(torch_module(), "read_stacked", lambda *a, **k: (reads.append(1), real(*a, **k))[1])
+    else:
+        real_read = type(res.backend).read
+        monkeypatch.setattr(type(res.backend), "read", lambda *a, **k: (reads.append(1), real_read(*a, **k))[1])
+    batches = list(data.loader(batch_size=16, shuffle=True, seed=1))
+    assert len(reads) == len(batches) == -(-len(res) // 16)  # one read per batch
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and x.shape == (16, 151, 40) and y.shape == (16, 2)
+    # every row exactly once; each x belongs with its y
+    xs = torch.cat([b[0] for b in batches]).numpy()
+    ys = torch.cat([b[1] for b in batches]).numpy()
+    order = np.lexsort(ys.T[::-1])
+    want = np.lexsort(params.T[::-1])
+    np.testing.assert_array_equal(xs[order], truth[want])
+    np.testing.assert_array_equal(ys[order], params[want])
+
+
+def torch_module():
+    from sweepcat.client import torch as module
+
+    return module
+
+
+@pytest.mark.parametrize("mode", ["direct", "server"])
+def test_training_with_worker_processes(served, mode: str):
+    import torch
+    from torch.utils.data import DataLoader
+
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].find("tenDq > 2.5")
+    data = res.to_torch("rixs", target=["tenDq"], mode=mode, dtype=torch.float64)
+    xs = torch.cat([x for x, _ in data.loader(batch_size=8, num_workers=2)]).numpy()
+    np.testing.assert_array_equal(xs, res.read("rixs", mode="direct"))
+    # torch's own DataLoader with automatic batching: one stacked read per batch through __getitems__
+    xs = torch.cat([x for x, _ in DataLoader(data, batch_size=8, num_workers=2)]).numpy()
+    np.testing.assert_array_equal(xs, res.read("rixs", mode="direct"))
+
+
+def test_transform_and_dtype_apply_to_each_sample(served):
+    import torch
+
+    url, _ = served
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].find("tenDq > 2.5")
+
+    def log1p_first_row(x):
+        return torch.log1p(x[0])
+
+    data = res.to_torch("rixs", dtype="float16", transform=log1p_first_row)
+    x, y = data[[0, 1]]
+    assert x.dtype == torch.float16 and x.shape == (2, 40) and y.shape == (2, 0)
+    want = torch.log1p(torch.from_numpy(res[:2].read("rixs")[:, 0]).to(torch.float16))
+    torch.testing.assert_close(x, want)
+    assert "transform log1p_first_row" in repr(data)
+    with pytest.raises(SweepcatError, match="not a torch dtype"):
+        res.to_torch("rixs", dtype="float33")
+
+
+def test_progress_appears_only_for_long_reads(served):
+    url, _ = served
+    quick = ReadProgress(100, "x")
+    quick(50)
+    assert quick._bar is None  # under a second: nothing drawn
+    slow = ReadProgress(100, "x", show_after=0.0)
+    slow(10)
+    assert slow._bar is not None
+    slow(90)
+    slow.close()
+    assert slow._bar is None and slow.done == 100
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].all()
+    assert res.read("rixs", progress=False).shape == (len(res), 151, 40)

@@ -214,7 +214,8 @@ def test_torch_dataset_with_workers(served, mode):
         xs.append(xb)
         ys.append(yb)
     stacked = torch.cat(xs).numpy()
-    np.testing.assert_array_equal(stacked, res.read("rixs", mode="direct"))
+    assert stacked.dtype == np.float32  # what a float32 model takes, by default
+    np.testing.assert_array_equal(stacked, res.read("rixs", mode="direct").astype(np.float32))
     np.testing.assert_allclose(torch.cat(ys).numpy(), res.params[["tenDq", "F2_dd"]].to_numpy(), rtol=1e-6)
 
 

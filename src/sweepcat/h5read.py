@@ -71,6 +71,11 @@ class Stack:
         return Stack(self.paths, self.file_idx[start:stop], self.datasets[start:stop], self.indices[start:stop],
                      self.shape, self.dtype)
 
+    def take(self, positions: np.ndarray) -> "Stack":
+        """The rows at ``positions``, in that order (a training batch)."""
+        return Stack(self.paths, self.file_idx[positions], self.datasets[positions], self.indices[positions],
+                     self.shape, self.dtype)
+
     def groups(self) -> Iterator[tuple[str, str, np.ndarray]]:
         """(path, dataset, positions) per source, positions sorted by row."""
         n = len(self)
@@ -334,14 +339,16 @@ def _rows(node: h5py.Dataset, unique: np.ndarray) -> np.ndarray:
 
 
 def stream_stacked(stack: Stack, opener: Opener, chunk_bytes: int) -> Iterator[memoryview]:
-    """The stacked bytes in order, ``chunk_bytes`` at most at a time, through one reused buffer.
+    """The stacked bytes in order, ``chunk_bytes`` at most at a time, each chunk in a buffer of its own.
 
-    Each chunk is valid until the next is requested (the consumer sends it first)."""
+    Never one reused buffer: an ASGI server may still hold a chunk it was given (uvloop queues the
+    object itself, without a copy, until the socket takes it), and a buffer refilled under it would
+    send the next rows' bytes in place of these. The server's flow control keeps about two chunks
+    alive at a time."""
     per_chunk = max(1, chunk_bytes // max(1, stack.row_bytes))
-    buffer = np.empty((min(per_chunk, len(stack)), *stack.shape), dtype=stack.dtype)
     for start in range(0, len(stack), per_chunk):
         stop = min(len(stack), start + per_chunk)
-        part = buffer[: stop - start]
+        part = np.empty((stop - start, *stack.shape), dtype=stack.dtype)
         read_stacked(stack.rows(start, stop), opener, out=part)
         yield memoryview(part.reshape(-1).view(np.uint8))
 

@@ -356,3 +356,124 @@ def evaluate(node: Node, columns: Mapping[str, np.ndarray], n: int) -> np.ndarra
         else:
             out |= m
     return out
+
+
+# --------------------------------------------------------------------------- cuts of a result
+#
+# A result can be cut without reading data: sorted by a parameter, shuffled with a seed, sliced. The cuts
+# travel as one short text (``sort:tenDq;shuffle:7;slice:0:1000``) and are applied to the matching rows by
+# ``apply_cuts`` on the server and in a local catalog alike, so both give the same rows in the same order.
+
+MAX_CUTS = 16
+CUTS_HINT = "write cuts as sort:NAME, sort:-NAME, shuffle:SEED, slice:START:STOP[:STEP] or take:I,J,..."
+MAX_TAKE = 2_000  # positions in one take cut (a training batch; ~14 KB of URL)
+
+
+@dataclass(frozen=True)
+class Cut:
+    kind: str  # "sort", "shuffle", "slice" or "take"
+    args: tuple[Any, ...]
+
+    def text(self) -> str:
+        if self.kind == "take":
+            return "take:" + ",".join(map(str, self.args))
+        return ":".join([self.kind, *("" if a is None else str(a) for a in self.args)])
+
+
+    def describe(self) -> str:
+        """As a user would write it: ``[:100]``, ``shuffle(seed=3)``, ``sort_by(F2_dd, descending)``."""
+        if self.kind == "slice":
+            a, b, c = (*self.args, None)[:3]
+            return "[" + ":".join("" if x is None else str(x) for x in ((a, b) if c is None else (a, b, c))) + "]"
+        if self.kind == "shuffle":
+            return f"shuffle(seed={self.args[0]})"
+        if self.kind == "take":
+            return f"take({len(self.args)} rows)"
+        name = self.args[0]
+        return f"sort_by({name.lstrip('-')}{', descending' if name.startswith('-') else ''})"
+
+
+def cuts_text(cuts: tuple[Cut, ...]) -> str | None:
+    return ";".join(c.text() for c in cuts) or None
+
+
+def _int(text: str, what: str, cut: str) -> int | None:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise QueryError(f"cut {cut!r}: {what} {text!r} is not an integer",
+                         CUTS_HINT) from None
+
+
+def parse_cuts(text: str | None) -> tuple[Cut, ...]:
+    """``sort:NAME`` (``-NAME`` descending), ``shuffle:SEED``, ``slice:START:STOP[:STEP]``, ``take:I,J,...``
+    (positions), joined by ``;``."""
+    if not text:
+        return ()
+    if len(text) > MAX_LENGTH:
+        raise _limit("cuts", MAX_LENGTH, "cut the result in fewer steps")
+    cuts = []
+    for part in text.split(";"):
+        kind, _, rest = part.partition(":")
+        if kind == "sort" and rest.lstrip("-"):
+            cuts.append(Cut("sort", (rest,)))
+        elif kind == "shuffle":
+            seed = _int(rest, "seed", part)
+            if seed is None or seed < 0:
+                raise QueryError(f"cut {part!r}: the seed must be an integer >= 0", "e.g. shuffle:42")
+            cuts.append(Cut("shuffle", (seed,)))
+        elif kind == "take" and rest:
+            positions = [_int(x, "position", part) for x in rest.split(",")]
+            if len(positions) > MAX_TAKE:
+                raise _limit("positions in a take cut", MAX_TAKE, "take fewer rows per request")
+            cuts.append(Cut("take", tuple(positions)))
+        elif kind == "slice" and 1 <= rest.count(":") <= 2:
+            bounds = [_int(x, "bound", part) for x in rest.split(":")]
+            if len(bounds) == 3 and bounds[2] == 0:
+                raise QueryError(f"cut {part!r}: the step must not be 0", "e.g. slice:0:1000:2")
+            cuts.append(Cut("slice", tuple(bounds)))
+        else:
+            raise QueryError(f"cut {part!r} is not understood",
+                             CUTS_HINT)
+    if len(cuts) > MAX_CUTS:
+        raise _limit("cuts", MAX_CUTS, "cut the result in fewer steps")
+    return tuple(cuts)
+
+
+def apply_cuts(rows: np.ndarray, cuts: tuple[Cut, ...], columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The rows of a result after its cuts, in order. Sorting is stable (ties keep their order), missing
+    values (NaN) last in either direction."""
+    for cut in cuts:
+        if cut.kind == "slice":
+            rows = rows[slice(*cut.args)]
+        elif cut.kind == "shuffle":
+            rows = rows[np.random.default_rng(cut.args[0]).permutation(len(rows))]
+        elif cut.kind == "take":
+            positions = np.asarray(cut.args, dtype=np.int64)
+            if len(positions) and (positions.max() >= len(rows) or positions.min() < -len(rows)):
+                raise QueryError(f"cut take: a position lies past the result's {len(rows)} rows",
+                                 "take positions from 0 to len(result) - 1")
+            rows = rows[positions]
+        else:
+            name = cut.args[0].lstrip("-")
+            if name not in columns:
+                raise QueryError(f"cannot sort by {name!r}: no such parameter",
+                                 f"valid parameters: {', '.join(sorted(columns))}")
+            values = columns[name][rows]
+            descending = cut.args[0].startswith("-")
+            if values.dtype.kind == "f":
+                key = np.where(np.isnan(values), np.inf, -values if descending else values)
+                order = np.argsort(key, kind="stable")
+            else:  # integers by rank (exact past 2^53); text as strings; missing values last
+                missing = np.array([v is None for v in values], dtype=bool) if values.dtype.kind == "O" \
+                    else np.zeros(len(values), dtype=bool)
+                ranked = values if values.dtype.kind != "O" else \
+                    np.array(["" if v is None else str(v) for v in values], dtype=object)
+                _, rank = np.unique(ranked, return_inverse=True)
+                rank = np.where(missing, len(values), -rank if descending else rank)
+                order = np.argsort(rank, kind="stable")
+            rows = rows[order]
+    return rows
+

@@ -79,6 +79,12 @@ class DatasetIndex:
         columns = {**self.table.columns, "key": self.table.key}
         return np.flatnonzero(q.evaluate(node, columns, n))
 
+    def cut(self, rows: np.ndarray, cuts: str | None) -> np.ndarray:
+        """``rows`` after a result's cuts (``query.parse_cuts``): sorted, shuffled, sliced."""
+        if not cuts:
+            return rows
+        return q.apply_cuts(rows, q.parse_cuts(cuts), {**self.table.columns, "key": self.table.key})
+
     def facets(self, rows: np.ndarray, name: str, bins: int = 20) -> dict[str, Any]:
         if name not in self.table.columns:
             raise q.QueryError(f"unknown parameter {name!r}", f"valid parameters: {', '.join(self.parameters)}")

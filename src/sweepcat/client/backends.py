@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from ..errors import DatasetChanged, SweepcatError
 from ..h5open import Opener, session
+from ..h5read import Stack, read_stacked
 from .http import raise_for, unreachable
 
 
@@ -59,32 +60,43 @@ class HttpBackend:
     def datasets(self) -> list[dict[str, Any]]:
         return self._get("/datasets").json()
 
-    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None) -> dict[str, Any]:
-        return self._get(f"/search/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version).json()
+    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None,
+               cuts: str | None = None) -> dict[str, Any]:
+        return self._get(f"/search/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version,
+                         cuts=cuts).json()
 
     def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None,
-               version: int | None = None) -> pa.Table:
-        return _table(self._get(f"/params/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version).content)
+               version: int | None = None, cuts: str | None = None) -> pa.Table:
+        return _table(self._get(f"/params/{_seg(ds)}", q=q, offset=offset, limit=limit, version=version,
+                                cuts=cuts).content)
 
-    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None) -> pa.Table:
-        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_, version=version).content)
+    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None,
+                 cuts: str | None = None) -> pa.Table:
+        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_, version=version, cuts=cuts).content)
 
-    def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
-        return self._get(f"/facets/{_seg(ds)}", q=q, param=param, bins=bins).json()
+    def stack(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
+              version: int | None = None, cuts: str | None = None) -> Stack:
+        """Where each match's ``type_`` array lives (the locators), for reading it here (Mode A)."""
+        return stack_of(self.locators(ds, q, type_, version, cuts), ds, type_, shape, dtype, total)
+
+    def facets(self, ds: str, q: str | None, param: str, bins: int, cuts: str | None = None) -> dict[str, Any]:
+        return self._get(f"/facets/{_seg(ds)}", q=q, param=param, bins=bins, cuts=cuts).json()
 
     def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
-             version: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+             version: int | None = None, progress: Callable[[int], None] | None = None,
+             cuts: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """All matches, in pages that fit the server's response limit, each streamed straight into one
         preallocated array. Every row is written or the read fails: never a row that was not read."""
         from concurrent.futures import ThreadPoolExecutor
 
-        out = np.empty((total, *shape), dtype=dtype)
+        if out is None:
+            out = np.empty((total, *shape), dtype=dtype)
         row_bytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         page = max(1, min(self.info().get("max_read_bytes", 1 << 29), 32 << 20) // row_bytes)
 
         def fetch(offset: int) -> None:
             want = min(page, total - offset)
-            self._read_page(ds, q, type_, offset, want, version, out[offset:offset + want])
+            self._read_page(ds, q, type_, offset, want, version, out[offset:offset + want], cuts)
             if progress is not None:
                 progress(want)
 
@@ -98,14 +110,14 @@ class HttpBackend:
         return out
 
     def _read_page(self, ds: str, q: str | None, type_: str, offset: int, want: int, version: int | None,
-                   into: np.ndarray) -> None:
+                   into: np.ndarray, cuts: str | None = None) -> None:
         """One page of a stacked read, received straight into ``into`` (``recv_into``: no copies, no
         re-chunking; httpx would pass every 64 KB through its parser and join them again)."""
         import http.client
 
         what = f"{self.url}/read/{ds} rows {offset}..{offset + want}"
         params = {k: v for k, v in {"q": q, "type": type_, "offset": offset, "limit": want,
-                                    "version": version}.items() if v is not None}
+                                    "version": version, "cuts": cuts}.items() if v is not None}
         target = f"{self._base_path}/api/v1/sweepcat/read/{_seg(ds)}?{urllib.parse.urlencode(params)}"
         conn = self._raw_connection()
         try:
@@ -227,37 +239,46 @@ class LocalBackend:
                                  "found", "run the query again (res = res.refresh()), or read with on_change='refresh'")
         return index
 
-    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None) -> dict[str, Any]:
+    def _rows(self, index: Any, q: str | None, cuts: str | None) -> np.ndarray:
+        return index.cut(index.select(q), cuts)
+
+    def search(self, ds: str, q: str | None, offset: int, limit: int, version: int | None = None,
+               cuts: str | None = None) -> dict[str, Any]:
         index = self._at(ds, version)
-        rows = index.select(q)
+        rows = self._rows(index, q, cuts)
         return {"count": int(len(rows)), "version": index.version,
                 "keys": index.table.key[rows[offset:offset + limit]].tolist()}
 
     def params(self, ds: str, q: str | None, offset: int = 0, limit: int | None = None,
-               version: int | None = None) -> pa.Table:
+               version: int | None = None, cuts: str | None = None) -> pa.Table:
         index = self._at(ds, version)
-        rows = index.select(q)
+        rows = self._rows(index, q, cuts)
         return index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit])
 
-    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None) -> pa.Table:
+    def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None,
+                 cuts: str | None = None) -> pa.Table:
         index = self._at(ds, version)
-        return index.locator_table(index.select(q), type_)
+        return index.locator_table(self._rows(index, q, cuts), type_)
 
-    def facets(self, ds: str, q: str | None, param: str, bins: int) -> dict[str, Any]:
-        index = self._index(ds)
-        return index.facets(index.select(q), param, bins)
-
-    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
-             version: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def stack(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
+              version: int | None = None, cuts: str | None = None) -> Stack:
         index = self._at(ds, version)
-        rows = index.select(q)
+        rows = self._rows(index, q, cuts)
         if len(rows) != total:
             raise DatasetChanged(f"{self.where}: {ds!r} now has {len(rows)} matches, {total} were expected",
                                  "run the query again (res = res.refresh())")
-        out = index.read(rows, type_, local_opener(index.root))
-        if progress is not None:
-            progress(len(out))
-        return out
+        return index.stack(rows, type_)
+
+    def facets(self, ds: str, q: str | None, param: str, bins: int, cuts: str | None = None) -> dict[str, Any]:
+        index = self._index(ds)
+        return index.facets(self._rows(index, q, cuts), param, bins)
+
+    def read(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
+             version: int | None = None, progress: Callable[[int], None] | None = None,
+             cuts: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        index = self._at(ds, version)
+        stack = self.stack(ds, q, type_, shape, dtype, total, version, cuts)
+        return read_in_parts(stack, local_opener(index.root), progress, out)
 
     def read_one(self, ds: str, key: str, type_: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         index = self._index(ds)
@@ -282,6 +303,37 @@ def local_opener(root: str | None) -> Opener:
     The rule's root is the dataset's data root; without one (datasets registered by other tools) the
     client still refuses FIFOs, devices and directories, reading with its own permissions."""
     return session([root or "/"])
+
+
+PART_BYTES = 64 << 20  # a read reports progress after each part of this size
+
+
+def read_in_parts(stack: Stack, opener: Opener, progress: Callable[[int], None] | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """A stacked read here (Mode A, a local catalog) into one array, in parts so progress can be shown."""
+    if out is None:
+        out = np.empty((len(stack), *stack.shape), dtype=stack.dtype)
+    if progress is None:
+        return read_stacked(stack, opener, out)
+    per = max(1, PART_BYTES // max(1, stack.row_bytes))
+    for start in range(0, len(stack), per):
+        stop = min(len(stack), start + per)
+        read_stacked(stack.rows(start, stop), opener, out[start:stop])
+        progress(stop - start)
+    return out
+
+
+def stack_of(loc: pa.Table, ds: str, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int) -> Stack:
+    """A Stack from a locator table (one artifact type), refused unless it holds every match."""
+    if loc.num_rows != total:  # the version is pinned: these rows lack the artifact
+        raise SweepcatError(f"{ds}: only {loc.num_rows} of the {total} matches have a {type_!r} artifact",
+                            f"narrow the query to Hamiltonians that have {type_!r}")
+    files = loc.column("file").to_numpy(zero_copy_only=False)
+    paths, file_idx = np.unique(files, return_inverse=True)
+    index = loc.column("index")
+    indices = index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return Stack(paths.tolist(), file_idx, loc.column("dataset").to_numpy(zero_copy_only=False), indices,
+                 tuple(shape), np.dtype(dtype))
 
 
 def _seg(text: str) -> str:

@@ -6,13 +6,15 @@
     res = ds.find("tenDq > 1 and F2_dd < 3")        # or ds.find(tenDq=(1, None), F2_dd=(None, 3))
     len(res), res.keys()[:5], res.params, res.locators
     res.read("rixs")                  # (n, 151, 40) through the batch route (Mode B)
-    res.read("rixs", mode="direct")   # the same, read locally with h5py from the locators (Mode A)
-    res.to_xarray("rixs"); res.to_torch("rixs", target=["tenDq"])
+    res.read("rixs", mode="direct")   # the same, read here from the files the locators name (Mode A)
+    res[:1000], res.head(5), res.sample(100, seed=0), res.sort_by("tenDq"), res.split([0.8, 0.2], seed=0)
+    res.to_xarray("rixs"); res.to_torch("rixs", target=["tenDq"]).loader(batch_size=256, shuffle=True)
 """
 
 from __future__ import annotations
 
 import html
+from contextlib import nullcontext
 from functools import cached_property
 from typing import Any, Sequence
 
@@ -20,8 +22,9 @@ import numpy as np
 
 from .. import query as q
 from ..errors import DatasetChanged, SweepcatError
-from ..h5read import Stack, read_stacked
-from .backends import HttpBackend, LocalBackend, backend_for, local_opener
+from ..h5read import Stack
+from .backends import HttpBackend, LocalBackend, backend_for, local_opener, read_in_parts
+from .progress import ReadProgress
 
 Backend = HttpBackend | LocalBackend
 
@@ -128,18 +131,30 @@ class Result:
     The first request (``len``, ``keys``, ...) fixes the version; every later request is checked
     against it, so a page never mixes rows of two versions. When the dataset changes, requests
     raise ``DatasetChanged``; ``refresh()`` runs the query again on the current version.
+
+    A result can be cut without reading any data: ``res[:1000]``, ``res.head(n)``,
+    ``res.sample(n, seed=0)``, ``res.sort_by("tenDq")``, ``res.split([0.8, 0.1, 0.1], seed=0)``. A cut
+    is read on the version its parent was found on, and gives the same rows over HTTP and from a
+    catalog file.
     """
 
     PAGE = 10_000  # keys per search request (the server's page limit)
 
-    def __init__(self, dataset: Dataset, query: str | None):
+    def __init__(self, dataset: Dataset, query: str | None, cuts: tuple[q.Cut, ...] = (),
+                 version: int | None = None):
         self.dataset = dataset
         self.query = query
+        self.cuts = cuts
         self.backend = dataset.backend
+        self._pinned = version  # a cut is read on the version of the result it was cut from
+
+    @property
+    def _cuts(self) -> str | None:
+        return q.cuts_text(self.cuts)
 
     @cached_property
     def _first(self) -> dict[str, Any]:
-        return self.backend.search(self.dataset.key, self.query, 0, 20)
+        return self.backend.search(self.dataset.key, self.query, 0, 20, self._pinned, self._cuts)
 
     @property
     def version(self) -> int | None:
@@ -147,31 +162,93 @@ class Result:
         return self._first.get("version")
 
     def refresh(self) -> "Result":
-        """The same query, run again on the dataset as it is now."""
-        return Result(self.dataset, self.query)
+        """The same query and cuts, run again on the dataset as it is now."""
+        return Result(self.dataset, self.query, self.cuts)
 
     def __len__(self) -> int:
         return int(self._first["count"])
+
+    # ---- cuts: no data read
+
+    def _cut(self, *cuts: q.Cut) -> "Result":
+        return Result(self.dataset, self.query, self.cuts + cuts, self.version)
+
+    def __getitem__(self, item: slice) -> "Result":
+        """``res[:1000]``, ``res[-10:]``, ``res[::2]``: a slice of the matches, in their order."""
+        if not isinstance(item, slice):
+            raise TypeError(f"a Result is cut with slices (res[{item!r}:{item!r} + 1]); its keys are "
+                            f"res.keys(), its parameters res.params")
+        for bound in (item.start, item.stop, item.step):
+            if bound is not None and not isinstance(bound, (int, np.integer)):
+                raise TypeError(f"slice bounds must be integers, not {bound!r}")
+        if item.step == 0:
+            raise ValueError("slice step cannot be zero")
+        return self._cut(q.Cut("slice", tuple(None if b is None else int(b)
+                                              for b in (item.start, item.stop, item.step))))
+
+    def head(self, n: int = 5) -> "Result":
+        """The first ``n`` matches."""
+        return self[:n]
+
+    def shuffle(self, seed: int | None = None) -> "Result":
+        """The matches in a random order (the seed is kept: ``repr`` shows it, so the order can be had again)."""
+        return self._cut(q.Cut("shuffle", (_seed(seed),)))
+
+    def sample(self, n: int, seed: int | None = None) -> "Result":
+        """``n`` matches drawn without replacement, in random order (as pandas' ``sample``)."""
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"sample size must be an integer >= 0, not {n!r}")
+        if n > len(self):
+            raise SweepcatError(f"cannot sample {n:,} of {len(self):,} matches", "ask for at most len(res)")
+        return self._cut(q.Cut("shuffle", (_seed(seed),)), q.Cut("slice", (0, int(n), None)))
+
+    def sort_by(self, name: str, ascending: bool = True) -> "Result":
+        """The matches ordered by a parameter (or ``key``); stable, missing values last."""
+        known = ["key", *self.dataset.parameters]
+        if name not in known:
+            raise SweepcatError(f"cannot sort by {name!r}: {self.dataset.key} has no such parameter",
+                                f"parameters: {', '.join(known)}")
+        return self._cut(q.Cut("sort", (name if ascending else f"-{name}",)))
+
+    def split(self, fractions: Sequence[float], seed: int | None = None) -> list["Result"]:
+        """Disjoint random parts of the matches, e.g. ``train, val, test = res.split([0.8, 0.1, 0.1], seed=0)``.
+
+        Part sizes are ``floor`` of the cumulative fractions times ``len(res)``; fractions summing to 1
+        cover every match."""
+        fr = np.asarray(list(fractions), dtype=float)
+        if not len(fr) or (fr <= 0).any() or not np.isfinite(fr).all() or fr.sum() > 1 + 1e-9:
+            raise ValueError(f"split fractions must be positive and sum to at most 1, not {list(fractions)}")
+        n = len(self)
+        bounds = np.floor(np.cumsum(fr) * n + 1e-9).astype(int)
+        if abs(fr.sum() - 1) <= 1e-9:
+            bounds[-1] = n
+        shuffled = q.Cut("shuffle", (_seed(seed),))
+        return [self._cut(shuffled, q.Cut("slice", (int(a), int(b), None)))
+                for a, b in zip(np.r_[0, bounds[:-1]], bounds, strict=True)]
+
+    # ---- answers
 
     def keys(self) -> list[str]:
         """Every matching key, in pages of ``PAGE``, all from the one version."""
         keys: list[str] = []
         for offset in range(0, len(self), self.PAGE):
-            keys += self.backend.search(self.dataset.key, self.query, offset, self.PAGE, self.version)["keys"]
+            keys += self.backend.search(self.dataset.key, self.query, offset, self.PAGE, self.version,
+                                        self._cuts)["keys"]
         return keys
 
     @property
     def params(self) -> Any:
         """A pandas DataFrame of the matches' parameters, indexed by key (one request)."""
-        return self.backend.params(self.dataset.key, self.query, version=self.version).to_pandas().set_index("key")
+        return self.backend.params(self.dataset.key, self.query, version=self.version,
+                                   cuts=self._cuts).to_pandas().set_index("key")
 
     @property
     def locators(self) -> Any:
         """A DataFrame: key, huid, type, absolute file, dataset, index and the one-string URL (one request)."""
-        return self.backend.locators(self.dataset.key, self.query, None, self.version).to_pandas()
+        return self.backend.locators(self.dataset.key, self.query, None, self.version, self._cuts).to_pandas()
 
     def facets(self, param: str, bins: int = 20) -> dict[str, Any]:
-        return self.backend.facets(self.dataset.key, self.query, param, bins)
+        return self.backend.facets(self.dataset.key, self.query, param, bins, self._cuts)
 
     def _type(self, type_: str) -> tuple[tuple[int, ...], np.dtype]:
         art = self.dataset.artifacts.get(type_)
@@ -180,41 +257,44 @@ class Result:
                                 f"types: {', '.join(self.dataset.artifacts)}")
         return tuple(art["shape"]), np.dtype(art["dtype"])
 
-    def read(self, type_: str, mode: str = "server", on_change: str = "error") -> np.ndarray:
-        """Stacked ``(n, *shape)`` array. mode="server": the batch route (Mode B); "direct": h5py (Mode A).
+    def stack(self, type_: str) -> Stack:
+        """Where each match's ``type_`` array lives, in order (for reading them here: Mode A)."""
+        shape, dtype = self._type(type_)
+        return self.backend.stack(self.dataset.key, self.query, type_, shape, dtype, len(self), self.version,
+                                  self._cuts)
+
+    def read(self, type_: str, mode: str = "server", on_change: str = "error", progress: bool = True) -> np.ndarray:
+        """Stacked ``(n, *shape)`` array. mode="server": the batch route (Mode B); "direct": the files read
+        here from the locators (Mode A).
 
         Every row is one of this result's and was read, or the read fails. If the dataset changes
         during the read: on_change="error" raises ``DatasetChanged``; "refresh" runs the query again
-        (this result then holds the new matches) and reads once more."""
+        (this result then holds the new matches) and reads once more. A read that takes over a second
+        shows a progress bar (``progress=False``: none)."""
         if on_change not in ("error", "refresh"):
             raise SweepcatError(f"on_change {on_change!r} is unknown", "use on_change='error' or 'refresh'")
+        if mode not in ("server", "direct"):
+            raise SweepcatError(f"mode {mode!r} is unknown", "use mode='server' or mode='direct'")
         shape, dtype = self._type(type_)
         for attempt in range(3):
             try:
-                return self._read(type_, mode, shape, dtype)
+                return self._read(type_, mode, shape, dtype, progress)
             except DatasetChanged:
                 if on_change == "error" or attempt == 2:
                     raise
                 self.__dict__.pop("_first", None)  # re-resolve on the dataset as it is now
+                self._pinned = None
         raise AssertionError("unreachable")
 
-    def _read(self, type_: str, mode: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        if mode == "server":
-            return self.backend.read(self.dataset.key, self.query, type_, shape, dtype, len(self), self.version)
-        if mode != "direct":
-            raise SweepcatError(f"mode {mode!r} is unknown", "use mode='server' or mode='direct'")
-        loc = self.backend.locators(self.dataset.key, self.query, type_, self.version)
-        if loc.num_rows != len(self):  # the version is pinned: these rows lack the artifact
-            raise SweepcatError(f"{self.dataset.key}: only {loc.num_rows} of the {len(self)} matches have a "
-                                f"{type_!r} artifact", f"narrow the query to Hamiltonians that have {type_!r}")
-        files = loc.column("file").to_numpy(zero_copy_only=False)
-        paths, file_idx = np.unique(files, return_inverse=True)
-        indices = loc.column("index").to_numpy(zero_copy_only=False)
-        indices = np.where(np.isnan(indices.astype("float64")), -1, indices).astype(np.int64) \
-            if indices.dtype.kind == "f" else indices.astype(np.int64)
-        stack = Stack(paths.tolist(), file_idx, loc.column("dataset").to_numpy(zero_copy_only=False), indices,
-                      shape, dtype)
-        return read_stacked(stack, local_opener(self.dataset.info.get("root")))
+    def _read(self, type_: str, mode: str, shape: tuple[int, ...], dtype: np.dtype, progress: bool) -> np.ndarray:
+        total = len(self)
+        with ReadProgress(total, f"{self.dataset.key}/{type_}") if progress else nullcontext() as shown:
+            if mode == "server":
+                return self.backend.read(self.dataset.key, self.query, type_, shape, dtype, total, self.version,
+                                         shown, self._cuts)
+            stack = self.backend.stack(self.dataset.key, self.query, type_, shape, dtype, total, self.version,
+                                       self._cuts)
+            return read_in_parts(stack, local_opener(self.dataset.info.get("root")), shown)
 
     def to_xarray(self, type_: str, mode: str = "server") -> Any:
         """A DataArray: dims ("hamiltonian", *shared axes), the parameters as coordinates along "hamiltonian"."""
@@ -232,20 +312,39 @@ class Result:
         for name in params.columns:
             coords[name] = ("hamiltonian", params[name].to_numpy())
         return xr.DataArray(data, dims=dims, coords=coords, name=type_,
-                            attrs={"dataset": self.dataset.key, "query": self.query or ""})
+                            attrs={"dataset": self.dataset.key, "query": self.query or "", "cuts": self._cuts or ""})
 
-    def to_torch(self, type_: str, target: Sequence[str] = (), mode: str = "direct") -> Any:
+    def to_torch(self, type_: str, target: Sequence[str] = (), *, dtype: Any = "float32", transform: Any = None,
+                 mode: str = "direct") -> Any:
+        """A PyTorch Dataset of ``(array as a ``dtype`` tensor, tensor of the ``target`` parameters)``.
+
+        ``ds.loader(batch_size=256, shuffle=True, num_workers=2)`` gives a DataLoader whose every batch is
+        one stacked read (Mode A, ``mode="direct"``) or one request (Mode B, ``mode="server"``).
+        ``transform`` is applied to each sample's array tensor."""
         from .torch import SweepDataset
 
-        return SweepDataset(self, type_, list(target), mode)
+        return SweepDataset(self, type_, list(target), dtype=dtype, transform=transform, mode=mode)
+
+    def _described(self) -> str:
+        what = self.query or "(everything)"
+        return what + "".join(f" {c.describe()}" for c in self.cuts)
 
     def __repr__(self) -> str:
-        return (f"<sweepcat result: {len(self)} of {self.dataset.key} match "
-                f"{self.query or '(everything)'}; first keys {self._first['keys'][:3]}>")
+        return (f"<sweepcat result: {len(self)} of {self.dataset.key} match {self._described()}; "
+                f"first keys {self._first['keys'][:3]}>")
 
     def _repr_html_(self) -> str:
-        first = self.backend.params(self.dataset.key, self.query, 0, 10, self.version).to_pylist()
+        first = self.backend.params(self.dataset.key, self.query, 0, 10, self.version, self._cuts).to_pylist()
         headers = list(first[0]) if first else ["key"]
         rows = [[r[h] for h in headers] for r in first]
         return _table_html(headers, rows, f"{len(self)} Hamiltonians of {self.dataset.key} match "
-                                          f"{self.query or '(everything)'} (first 10)")
+                                          f"{self._described()} (first 10)")
+
+
+def _seed(seed: int | None) -> int:
+    """The seed given, or a fresh one (kept in the cut, so the order can be had again)."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+    return int(seed)

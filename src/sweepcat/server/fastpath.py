@@ -159,17 +159,18 @@ class LocatorFastPath:
             return None
         try:
             version = int(numbers["version"]) if "version" in numbers else None
-            if kind == "search" and set(params) <= {"q", "offset", "limit", "version"}:
+            if kind == "search" and set(params) <= {"q", "offset", "limit", "version", "cuts"}:
                 limit = int(numbers.get("limit", 100))
                 if limit > MAX_PAGE:
                     return None
                 result = await anyio.to_thread.run_sync(search_page, self.policy, dataset, params.get("q"), offset,
-                                                        limit, None, version)
+                                                        limit, None, version, params.get("cuts"))
                 return 200, {"content-type": "application/json"}, _json(result)
-            if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type", "version"}:
+            if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type", "version",
+                                                                        "cuts"}:
                 limit = int(numbers["limit"]) if "limit" in numbers else None
                 page = await anyio.to_thread.run_sync(read_page, self.policy, dataset, params["type"],
-                                                      params.get("q"), offset, limit, version)
+                                                      params.get("q"), offset, limit, version, params.get("cuts"))
                 return 200, {"content-type": "application/octet-stream", **page.headers}, page.chunks
         except HTTPException as exc:
             return _error(exc)

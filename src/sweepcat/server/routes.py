@@ -211,15 +211,17 @@ def _same_version(index: DatasetIndex, version: int | None) -> None:
             "version": index.version})
 
 
-def _rows(index: DatasetIndex, query: str | None, visible: frozenset[str] | None = None) -> np.ndarray:
-    """Rows matching ``query``, among the Hamiltonians the caller may see (all when ``visible`` is None)."""
+def _rows(index: DatasetIndex, query: str | None, visible: frozenset[str] | None = None,
+          cuts: str | None = None) -> np.ndarray:
+    """Rows matching ``query``, among the Hamiltonians the caller may see (all when ``visible`` is None),
+    after the result's ``cuts`` (sort, shuffle, slice)."""
     try:
         rows = index.select(query)
+        if visible is not None:
+            rows = rows[np.isin(index.table.key[rows], np.asarray(sorted(visible), dtype=object))]
+        return index.cut(rows, cuts)
     except QueryError as exc:
         raise _error(exc, 400) from None
-    if visible is not None:
-        rows = rows[np.isin(index.table.key[rows], np.asarray(sorted(visible), dtype=object))]
-    return rows
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:
@@ -242,10 +244,11 @@ async def datasets(access: Access = Depends(server_access(READ_METADATA))) -> li
 
 
 def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, limit: int,
-                visible: frozenset[str] | None = None, version: int | None = None) -> dict[str, Any]:
+                visible: frozenset[str] | None = None, version: int | None = None,
+                cuts: str | None = None) -> dict[str, Any]:
     index = _dataset(index_cache(policy.catalog), dataset)
     _same_version(index, version)
-    rows = _rows(index, q, visible)
+    rows = _rows(index, q, visible, cuts)
     page = rows[offset:offset + limit]
     return {"dataset": dataset, "query": q, "count": int(len(rows)), "offset": offset, "limit": limit,
             "version": index.version, "keys": index.table.key[page].tolist()}
@@ -254,15 +257,18 @@ def search_page(policy: ServerPolicy, dataset: str, q: str | None, offset: int, 
 @router.get("/search/{dataset}")
 async def search(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
                  limit: int = Query(100, ge=0, le=MAX_PAGE), version: int | None = Query(None),
+                 cuts: str | None = Query(None),
                  access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
     """Count and one page of keys of the Hamiltonians matching ``q`` (e.g. ``tenDq > 1 and F2_dd < 3``), with
-    the dataset's version; given ``version``, 409 if the dataset changed since."""
+    the dataset's version; given ``version``, 409 if the dataset changed since. ``cuts`` sorts, shuffles
+    and slices the matches (``sort:tenDq;slice:0:100``)."""
     return await _in_thread(search_page, access.policy, dataset, q, offset, limit, await access.visible_keys(),
-                            version)
+                            version, cuts)
 
 
 @router.get("/facets/{dataset}")
 async def facets(dataset: str, param: str, q: str | None = Query(None), bins: int = Query(20, ge=1, le=1000),
+                 cuts: str | None = Query(None),
                  access: Access = Depends(dataset_access(READ_METADATA))) -> dict[str, Any]:
     """min, max and a histogram of ``param`` over the Hamiltonians matching ``q`` (counts for text)."""
     visible = await access.visible_keys()
@@ -270,7 +276,7 @@ async def facets(dataset: str, param: str, q: str | None = Query(None), bins: in
     def run() -> dict[str, Any]:
         index = _dataset(index_cache(access.policy.catalog), dataset)
         try:
-            return index.facets(_rows(index, q, visible), param, bins)
+            return index.facets(_rows(index, q, visible, cuts), param, bins)
         except QueryError as exc:
             raise _error(exc, 400) from None
     return await _in_thread(run)
@@ -279,6 +285,7 @@ async def facets(dataset: str, param: str, q: str | None = Query(None), bins: in
 @router.get("/params/{dataset}")
 async def params_route(dataset: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
                        limit: int | None = Query(None, ge=0), version: int | None = Query(None),
+                       cuts: str | None = Query(None),
                        access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching Hamiltonian's parameters (or a page of them), as one Arrow table."""
     visible = await access.visible_keys()
@@ -286,14 +293,14 @@ async def params_route(dataset: str, q: str | None = Query(None), offset: int = 
     def run() -> Response:
         index = _dataset(index_cache(access.policy.catalog), dataset)
         _same_version(index, version)
-        rows = _rows(index, q, visible)
+        rows = _rows(index, q, visible, cuts)
         return _arrow(index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit]))
     return await _in_thread(run)
 
 
 @router.get("/locators/{dataset}")
 async def locators(dataset: str, q: str | None = Query(None), type: str | None = None,
-                   version: int | None = Query(None),
+                   version: int | None = Query(None), cuts: str | None = Query(None),
                    access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table.
 
@@ -305,7 +312,7 @@ async def locators(dataset: str, q: str | None = Query(None), type: str | None =
         cache = index_cache(access.policy.catalog)
         index = _dataset(cache, dataset)
         _same_version(index, version)
-        rows = _rows(index, q, visible)
+        rows = _rows(index, q, visible, cuts)
         try:
             outside = index.outside(rows, type, access.policy.rule())
             if outside is not None:
@@ -357,11 +364,12 @@ class ReadPlan:
 
 
 def plan_read(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int, limit: int | None,
-              visible: frozenset[str] | None = None, version: int | None = None) -> ReadPlan:
+              visible: frozenset[str] | None = None, version: int | None = None,
+              cuts: str | None = None) -> ReadPlan:
     cache = index_cache(policy.catalog)
     index = _dataset(cache, dataset)
     _same_version(index, version)
-    rows = _rows(index, q, visible)
+    rows = _rows(index, q, visible, cuts)
     page = rows[offset:] if limit is None else rows[offset:offset + limit]
     try:
         stack = index.stack(page, type_)
@@ -397,7 +405,8 @@ def start_read(policy: ServerPolicy, plan: ReadPlan) -> ReadPage:
     total = len(stack) * stack.row_bytes
     buffer = max(min(total, STREAM_CHUNK_BYTES), stack.row_bytes)
     what = f"read of {plan.dataset}/{plan.type} rows {plan.offset}..{plan.offset + len(stack)}"
-    reservation = BUDGET.reserve(min(buffer, total) + chunk_bytes, what)
+    # two chunks: the one being read and the one the ASGI server still holds (h5read.stream_stacked)
+    reservation = BUDGET.reserve(min(2 * buffer, total) + chunk_bytes, what)
     headers = {"x-sweepcat-shape": ",".join(map(str, (len(stack), *stack.shape))),
                "x-sweepcat-dtype": np.dtype(stack.dtype).str, "x-sweepcat-total": str(plan.total),
                "x-sweepcat-offset": str(plan.offset), "x-sweepcat-version": str(plan.version),
@@ -406,14 +415,15 @@ def start_read(policy: ServerPolicy, plan: ReadPlan) -> ReadPage:
 
 
 def read_page(policy: ServerPolicy, dataset: str, type_: str, q: str | None, offset: int,
-              limit: int | None, version: int | None = None) -> ReadPage:
+              limit: int | None, version: int | None = None, cuts: str | None = None) -> ReadPage:
     """A stacked read without an access policy (the fast path's case): plan, then start."""
-    return start_read(policy, plan_read(policy, dataset, type_, q, offset, limit, None, version))
+    return start_read(policy, plan_read(policy, dataset, type_, q, offset, limit, None, version, cuts))
 
 
 @router.get("/read/{dataset}")
 async def read(dataset: str, type: str, q: str | None = Query(None), offset: int = Query(0, ge=0),
                limit: int | None = Query(None, ge=0), version: int | None = Query(None),
+               cuts: str | None = Query(None),
                access: Access = Depends(dataset_access(READ_DATA))) -> Response:
     """Stacked arrays ``(n, *shape)`` of one artifact type for the matching Hamiltonians (a page of them).
 
@@ -421,7 +431,7 @@ async def read(dataset: str, type: str, q: str | None = Query(None), offset: int
     size limit are refused with the page size to use; every file is checked before the first byte.
     """
     plan = await _in_thread(plan_read, access.policy, dataset, type, q, offset, limit, await access.visible_keys(),
-                            version)
+                            version, cuts)
     await access.check_artifacts(plan.keys, type, "read:data")
     page = await _in_thread(start_read, access.policy, plan)
     return StreamingResponse(page.chunks, media_type="application/octet-stream", headers=page.headers)
