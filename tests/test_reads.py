@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from sweepcat import h5read
 from sweepcat.h5open import session
-from sweepcat.h5read import SourceChanged, Stack, read_stacked, row_layout
+from sweepcat.h5read import SourceChanged, Stack, read_direct, read_stacked, row_layout
 
 DTYPES = ["<f8", "<f4", "<i4", "<u2", "|i1", "<c16", ">f8", ">i4", "|b1"]
 
@@ -87,6 +87,15 @@ def test_stacked_reads_equal_h5py_for_any_storage(tmp_path: Path, specs: list[di
     want = np.stack([truth[f][r] for f, r in zip(file_idx, indices, strict=True)])
     assert got.dtype == np.dtype(dtype) and got.shape == (len(indices), *entity)
     np.testing.assert_array_equal(got, want)
+    # one entity at a time (the server's single-array route): a positional read, or False for h5py
+    opener = session([tmp_path])
+    for f, r in zip(file_idx[:3], indices[:3], strict=True):
+        with opener.located(paths[f], "A") as (node, handle):
+            one = np.empty(tuple(entity), np.dtype(dtype))
+            if read_direct(node, handle, "A", int(r), one):
+                np.testing.assert_array_equal(one, truth[f][r])
+            else:
+                assert row_layout(node, batched=True) is None or (row_layout(node, True).chunk_offsets < 0).any()
 
 
 def _dataset(path: Path, **kwargs) -> h5py.Dataset:

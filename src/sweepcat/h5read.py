@@ -182,8 +182,9 @@ _LAYOUTS_LOCK = threading.Lock()
 LAYOUT_CACHE_ENTRIES = 4096  # ~25 KB each for 3,125-row files
 
 
-def row_layout(node: h5py.Dataset, batched: bool) -> RowLayout | None:
-    """The byte layout of ``node``'s rows when they can be read as stored, else None (h5py reads them)."""
+def _stored_as_read(node: h5py.Dataset, batched: bool) -> tuple[int, int] | None:
+    """(rows per chunk, 0 for contiguous storage; bytes per row) when ``node``'s rows lie in its file as
+    they are read (no filter, this machine's byte order, whole rows per chunk); else None."""
     dtype = node.dtype
     if dtype.kind not in "biufc" or not dtype.isnative or node.size == 0:
         return None
@@ -194,16 +195,26 @@ def row_layout(node: h5py.Dataset, batched: bool) -> RowLayout | None:
     row_bytes = int(np.prod(entity, dtype=np.int64)) * dtype.itemsize
     layout = dcpl.get_layout()
     if layout == h5py.h5d.CONTIGUOUS:
-        offset = node.id.get_offset()
-        if offset is None:
-            return None
-        return RowLayout(np.array([offset], np.int64), node.shape[0] if batched else 1, row_bytes)
+        return 0, row_bytes
     if layout != h5py.h5d.CHUNKED or node.chunks is None:
         return None
     chunks = tuple(node.chunks)
     if (chunks[1:] if batched else chunks) != tuple(entity):
         return None  # a row spans several chunks: h5py assembles it
-    per = chunks[0] if batched else 1
+    return (chunks[0] if batched else 1), row_bytes
+
+
+def row_layout(node: h5py.Dataset, batched: bool) -> RowLayout | None:
+    """The byte layout of ``node``'s rows when they can be read as stored, else None (h5py reads them)."""
+    stored = _stored_as_read(node, batched)
+    if stored is None:
+        return None
+    per, row_bytes = stored
+    if per == 0:
+        offset = node.id.get_offset()
+        if offset is None:
+            return None
+        return RowLayout(np.array([offset], np.int64), node.shape[0] if batched else 1, row_bytes)
     offsets = np.full(-(-node.shape[0] // per) if batched else 1, -1, np.int64)
 
     def seen(info: h5py.h5d.StoreInfo) -> None:
@@ -212,6 +223,23 @@ def row_layout(node: h5py.Dataset, batched: bool) -> RowLayout | None:
 
     node.id.chunk_iter(seen)
     return RowLayout(offsets, per, row_bytes)
+
+
+def _row_offset(node: h5py.Dataset, row: int | None) -> int | None:
+    """Where one row (or the whole dataset, for None) starts in the file, from one lookup in the chunk
+    index (not the whole index: for single reads); None when h5py must read it."""
+    stored = _stored_as_read(node, row is not None)
+    if stored is None:
+        return None
+    per, row_bytes = stored
+    if per == 0:
+        offset = node.id.get_offset()
+        return None if offset is None else offset + (row or 0) * row_bytes
+    first = (row // per) * per if row is not None else 0
+    info = node.id.get_chunk_info_by_coord((first,) + (0,) * (node.ndim - 1))
+    if info.byte_offset is None or info.size != per * row_bytes:
+        return None  # never written (HDF5's fill value), or not stored whole
+    return info.byte_offset + ((row - first) if row is not None else 0) * row_bytes
 
 
 def cached_layout(node: h5py.Dataset, handle: H5Handle, dataset: str, batched: bool) -> RowLayout | None:
@@ -257,6 +285,20 @@ def _planned(node: h5py.Dataset, handle: H5Handle, dataset: str, rows: np.ndarra
     else:
         offsets = np.full(len(rows), layout.chunk_offsets[0], np.int64)
     return _Reads(handle.fd, offsets, np.asarray(targets, np.int64), _where(handle.path, dataset))
+
+
+def read_direct(node: h5py.Dataset, handle: H5Handle, dataset: str, row: int | None, out: np.ndarray) -> bool:
+    """One entity (row ``row`` of a batched dataset, or the whole dataset for None) into ``out`` by a
+    positional read, when its bytes are stored as read; False when h5py must read it. The caller has
+    checked the source (dtype, shape, row in range)."""
+    if handle.fd < 0 or not out.flags.c_contiguous or not out.size or node.dtype != out.dtype:
+        return False
+    offset = _row_offset(node, row)
+    if offset is None:
+        return False
+    reads = _Reads(handle.fd, np.array([offset], np.int64), np.zeros(1, np.int64), _where(handle.path, dataset))
+    _pread_all([reads], memoryview(out.reshape(-1).view(np.uint8)), out.nbytes)
+    return True
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
@@ -354,4 +396,4 @@ def stream_stacked(stack: Stack, opener: Opener, chunk_bytes: int) -> Iterator[m
 
 
 __all__ = ["Stack", "SourceChanged", "SourceMissing", "SourceInvalid", "check_stack", "read_stacked",
-           "stream_stacked", "filtered_chunk_bytes"]
+           "stream_stacked", "filtered_chunk_bytes", "read_direct", "row_layout"]

@@ -27,7 +27,7 @@ from ..catalog.schema import MIMETYPE
 from ..contract import Locator, locator_of_source
 from ..errors import SourceInvalid
 from ..h5open import DatasetMissing, FileRefused, Opener
-from ..h5read import filtered_chunk_bytes
+from ..h5read import filtered_chunk_bytes, read_direct
 from ..h5scan import dtype_name
 from .policy import BUDGET, FILES, Reservation, check_chunk, check_response_size, configured_rule_for
 
@@ -77,6 +77,13 @@ def selection(slice_: Any, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tup
 
 def _refused(locator: str, exc: FileRefused) -> Refused:
     return Refused(status_code=403, detail=f"{locator}: refused: {exc.reason}")
+
+
+def _everything(read: tuple[Any, ...], after: tuple[Any, ...], shape: tuple[int, ...]) -> bool:
+    """The selection is the whole array, in order (no slice given, or one that changes nothing)."""
+    return len(read) == len(shape) and all(isinstance(r, builtins.slice) and r.indices(d) == (0, d, 1)
+                                           for r, d in zip(read, shape, strict=True)) \
+        and all(a == builtins.slice(None) for a in after)
 
 
 class SlicedHDF5Adapter:
@@ -133,8 +140,11 @@ class SlicedHDF5Adapter:
         check_response_size(nbytes)
         reservation = BUDGET.reserve(nbytes, lambda: self.locator)
         try:
-            with self._open() as ds:
+            with self._open() as (ds, handle):
                 self._check(ds, shape, dtype)
+                whole = np.empty(shape, dtype) if _everything(read, after, shape) else None
+                if whole is not None and read_direct(ds, handle, self.dataset, self.index, whole):
+                    return whole, reservation  # the whole entity, stored as read: one positional read
                 chunk = filtered_chunk_bytes(ds)  # decompressed whole to read any part of it
                 check_chunk(chunk, self.locator)
                 if self.index is not None:
@@ -149,11 +159,12 @@ class SlicedHDF5Adapter:
             raise
 
     @contextmanager
-    def _open(self) -> Iterator[Any]:
-        """The dataset under the file rule; errors become HTTP errors that name the locator."""
+    def _open(self) -> Iterator[tuple[Any, Any]]:
+        """The dataset and the handle holding its bytes, under the file rule; errors become HTTP errors
+        that name the locator."""
         try:
-            with self.opener.dataset(self.path, self.dataset) as ds:
-                yield ds
+            with self.opener.located(self.path, self.dataset) as found:
+                yield found
         except FileRefused as exc:
             raise _refused(self.locator, exc) from None
         except FileNotFoundError:

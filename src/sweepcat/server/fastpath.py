@@ -21,7 +21,9 @@ Tiled untouched, which then produces the response.
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import re
 from typing import Any, Awaitable, Callable, Iterator
 from urllib.parse import parse_qsl
@@ -30,12 +32,14 @@ import anyio
 import numpy as np
 from fastapi import HTTPException
 
-from ..catalog.lookup import ArrayRow, NodeLookup
+from ..catalog.lookup import ArrayRow, NodeLookup, NodeRow
 from ..h5open import FileRefused
 from .adapter import Refused, SlicedHDF5Adapter
 from .policy import ServerPolicy
 
+log = logging.getLogger("sweepcat.server")
 ARRAY_PREFIX = "/api/v1/array/full/"
+METADATA_PREFIX = "/api/v1/metadata/"
 SWEEPCAT_PREFIX = "/api/v1/sweepcat/"
 _ARRAY_PARAMS = {"slice", "expected_shape", "api_key"}
 _ACCEPTED = {"", "*/*", "application/octet-stream"}
@@ -70,6 +74,7 @@ class LocatorFastPath:
         self.app = app
         self.policy = policy
         self.lookup = NodeLookup(policy.catalog)
+        self._counts: dict[tuple[int, int, int], int] = {}
 
     async def _scopes(self, scope: dict) -> frozenset[str]:
         return await self.policy.fast_path_scopes(scope, getattr(scope["app"].state, "access_policy", None)) \
@@ -99,9 +104,10 @@ class LocatorFastPath:
         else:
             row = await self.lookup.lookup(segments)
             answer = await anyio.to_thread.run_sync(self._serve, row, slice_text, expected)
-        if answer is not None and "api_key" in params \
-                and headers.get("cookie", "").find(f"tiled_api_key={params['api_key']}") < 0:
-            answer[1]["set-cookie"] = f"tiled_api_key={params['api_key']}; HttpOnly; Path=/; SameSite=lax"
+        if answer is not None:
+            cookie = _key_cookie(scope, params)
+            if cookie:
+                answer[1]["set-cookie"] = cookie
         return answer
 
     def _serve(self, row: ArrayRow | None, slice_text: str, expected: str | None) -> Answer | None:
@@ -176,6 +182,85 @@ class LocatorFastPath:
             return _error(exc)
         return None
 
+    async def _metadata(self, scope: dict) -> Any:
+        """A node's metadata for Tiled's ``GET /api/v1/metadata/<path>``, made by Tiled's own functions
+        (``construct_resource``, its back-compat dump, ``json_or_msgpack``: the same body and ETag) from
+        one SQL query, not from Tiled's walk of the path (a query per segment through the ORM) and its
+        per-request dependency solving. Plain requests only (no query parameters but the key), for
+        containers and arrays without access tags; anything else is Tiled's."""
+        from starlette.requests import Request
+        from tiled.server import schemas
+        from tiled.server.core import construct_resource, json_or_msgpack, resolve_media_type
+        from tiled.server.router import _model_dump_backcompat
+        from tiled.server.utils import get_base_url
+
+        params = _params(scope)
+        if params is None or set(params) - {"api_key"}:
+            return None
+        segments = [s for s in scope["path"][len(METADATA_PREFIX):].split("/") if s]
+        if not segments or "read:metadata" not in await self._scopes(scope):
+            return None
+        app = scope["app"]
+        root = getattr(app.state, "root_tree", None)
+        if getattr(root, "node", None) is None or getattr(root, "conditions", None) \
+                or getattr(root, "access_filters", None) or getattr(root.node, "id", None) != 0:
+            return None  # only a catalog served at the root, as `sweepcat serve` and its config do
+        limit = _settings().exact_count_limit
+        if self.lookup.cat.dialect == "sqlite":
+            found = await anyio.to_thread.run_sync(self._node_sync, segments, limit)
+        else:
+            found = await self._node(segments, limit)
+        view = _NodeView.of(*found) if found is not None else None
+        if view is None or (view.count is not None and view.count > limit):
+            return None
+        metrics: dict = collections.defaultdict(lambda: collections.defaultdict(lambda: 0))
+        scope.setdefault("state", {})["metrics"] = metrics
+        request = Request(scope)
+        resource = await construct_resource(get_base_url(request), segments, view, list(schemas.EntryFields), None,
+                                            False, False, resolve_media_type(request), max_depth=None,
+                                            exact_count_limit=limit)
+        response = json_or_msgpack(request, _model_dump_backcompat(request, schemas.Response(data=resource,
+                                                                                              meta={})))
+        cookie = _key_cookie(scope, params)
+        if cookie:
+            response.headers["set-cookie"] = cookie
+        return response
+
+    def _node_sync(self, segments: list[str], limit: int) -> tuple[NodeRow, int | None] | None:
+        try:
+            row = self.lookup.node_sync(segments)
+            if row is None or row.structure_family != "container":
+                return None if row is None else (row, None)
+            return row, self._counted(row, limit) or self._counted(row, limit, self.lookup.children_sync(row.id,
+                                                                                                        limit + 1))
+        except Exception:  # noqa: BLE001 - a catalog sweepcat cannot read this way: Tiled answers
+            log.debug("metadata fast path: lookup of %s failed", segments, exc_info=True)
+            return None
+
+    async def _node(self, segments: list[str], limit: int) -> tuple[NodeRow, int | None] | None:
+        try:
+            row = await self.lookup.node(segments)
+            if row is None or row.structure_family != "container":
+                return None if row is None else (row, None)
+            return row, self._counted(row, limit) or self._counted(row, limit, await self.lookup.children(row.id,
+                                                                                                        limit + 1))
+        except Exception:  # noqa: BLE001 - a catalog sweepcat cannot read this way: Tiled answers
+            log.debug("metadata fast path: lookup of %s failed", segments, exc_info=True)
+            return None
+
+    def _counted(self, row: NodeRow, limit: int, count: int | None = None) -> int | None:
+        """A dataset's child count, kept per dataset version (children are added or removed only with a
+        new version: the registry's triggers); other containers are counted each time."""
+        if row.version is None:
+            return count
+        key = (row.id, row.version, limit)
+        if count is None:
+            return self._counts.get(key)
+        if len(self._counts) > 1024:
+            self._counts.clear()
+        self._counts[key] = count
+        return count
+
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Send) -> None:
         answer = None
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -183,10 +268,73 @@ class LocatorFastPath:
                 answer = await self._array(scope)
             elif scope["path"].startswith(SWEEPCAT_PREFIX):
                 answer = await self._sweepcat(scope)
+            elif scope["path"].startswith(METADATA_PREFIX):
+                response = await self._metadata(scope)
+                if response is not None:
+                    response.headers["x-sweepcat-fast-path"] = "1"
+                    await response(scope, receive, send)
+                    return
         if answer is None:
             await self.app(scope, receive, send)
             return
         await _send(send, *answer)
+
+
+def _key_cookie(scope: dict, params: dict[str, str]) -> str | None:
+    """The cookie Tiled sets when a request carries its key in the query (and not yet in a cookie)."""
+    if "api_key" not in params:
+        return None
+    cookies = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"cookie"), "")
+    if cookies.find(f"tiled_api_key={params['api_key']}") >= 0:
+        return None
+    return f"tiled_api_key={params['api_key']}; HttpOnly; Path=/; SameSite=lax"
+
+
+def _settings() -> Any:
+    from tiled.server.settings import get_settings
+
+    return get_settings()
+
+
+class _NodeView:
+    """What Tiled's ``construct_resource`` reads of a catalog node adapter (family, specs, metadata,
+    access tags, structure, sorting, length), from one ``NodeRow``, for the two kinds of node sweepcat
+    makes: containers without data sources and arrays with one. Anything else: None (Tiled answers)."""
+
+    sorting = [("", 1)]  # a catalog adapter's default
+
+    def __init__(self, row: NodeRow, count: int | None, structure: Any):
+        from tiled.access_control.protocols import normalize_access_tags
+        from tiled.structures.core import Spec, StructureFamily
+
+        self.structure_family = StructureFamily(row.structure_family)
+        self.specs = [Spec(**spec) for spec in row.specs or []]
+        self.access_tags = normalize_access_tags(())
+        self._metadata = row.metadata
+        self._structure = structure
+        self.count = count
+
+    @classmethod
+    def of(cls, row: NodeRow, count: int | None) -> "_NodeView | None":
+        from tiled.structures.array import ArrayStructure
+
+        if row.tags or not isinstance(row.metadata, dict) or not isinstance(row.specs, list):
+            return None
+        if row.structure_family == "container" and row.sources == 0:
+            return cls(row, count, None)
+        if row.structure_family == "array" and row.sources == 1 and row.source_family == "array" \
+                and isinstance(row.structure, dict):
+            return cls(row, None, ArrayStructure.from_json(row.structure))
+        return None
+
+    def metadata(self) -> Any:
+        return self._metadata
+
+    def structure(self) -> Any:
+        return self._structure
+
+    async def lbound_len(self, threshold: int) -> int:
+        return self.count if self.count is not None else 0
 
 
 class _Once:
