@@ -15,7 +15,7 @@ import importlib
 
 BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register",
            "search": "bench.bench_search", "boundary": "bench.bench_boundary",
-           "ingest": "bench.bench_ingest", "counts": "bench.bench_counts"}
+           "ingest": "bench.bench_ingest", "counts": "bench.bench_counts", "reads": "bench.bench_reads"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,8 +112,9 @@ class FileRule:
             raise FileRefused(path, f"is {file_kind(st.st_mode)}, not a regular file")
         return real, st
 
-    def open(self, path: str) -> "H5Handle":
-        """Open an HDF5 file read-only under the rule. FileNotFoundError and OSError (not HDF5) propagate."""
+    def open_fd(self, path: str) -> tuple[int, str, tuple[int, int, int, int]]:
+        """(descriptor, real path, stamp) of a file opened read-only under the rule, checked on the
+        descriptor itself; the caller closes it. FileNotFoundError and OSError propagate."""
         real, _ = self.check(path)
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
@@ -126,20 +127,25 @@ class FileRule:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise FileRefused(path, f"is {file_kind(st.st_mode)}, not a regular file")
-            if _PROC_FD:
-                # What was opened, not what the path says now: a directory swapped for a symlink is caught here.
-                opened = os.readlink(f"/proc/self/fd/{fd}")
-                if not _inside(opened, self.roots):
-                    raise FileRefused(path, f"lies outside {self.what} (it moved while being opened)")
-                f = h5py.File(f"/proc/self/fd/{fd}", "r")
-            else:  # pragma: no cover - Linux has /proc
-                f = h5py.File(real, "r")
+            # What was opened, not what the path says now: a directory swapped for a symlink is caught here.
+            if _PROC_FD and not _inside(os.readlink(f"/proc/self/fd/{fd}"), self.roots):
+                raise FileRefused(path, f"lies outside {self.what} (it moved while being opened)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def open(self, path: str) -> "H5Handle":
+        """Open an HDF5 file read-only under the rule. FileNotFoundError and OSError (not HDF5) propagate."""
+        fd, real, stamp = self.open_fd(path)
+        try:
+            f = h5py.File(f"/proc/self/fd/{fd}" if _PROC_FD else real, "r")
         except BaseException:
             os.close(fd)
             raise
         # The descriptor stays open with the file: positional reads (h5read's direct rows) use the very
         # inode the rule checked, never the path again.
-        return H5Handle(path, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), f, fd=fd)
+        return H5Handle(path, real, stamp, f, fd=fd)
 
 
 @dataclass

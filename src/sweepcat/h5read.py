@@ -92,18 +92,18 @@ def _where(path: str, dataset: str, index: int | None = None) -> str:
     return f"file:{path}#{dataset}" + (f"[{index}]" if index is not None else "")
 
 
-def check_source(node: h5py.Dataset, path: str, dataset: str, stack: Stack, rows: np.ndarray) -> None:
+def check_source(node: h5py.Dataset | "_Known", path: str, dataset: str, stack: Stack, rows: np.ndarray) -> None:
     """The dataset still matches the catalog: dtype, entity shape, enough rows."""
     if dtype_name(node.dtype) != dtype_name(stack.dtype):
         raise SourceChanged(f"{_where(path, dataset)}: the file holds {dtype_name(node.dtype)}, the catalog says "
                             f"{dtype_name(stack.dtype)}", "re-ingest the dataset (its files changed after ingest)")
-    batched = rows[0] >= 0
+    batched = rows.min() >= 0
     entity = tuple(node.shape[1:] if batched else node.shape)
     if entity != tuple(stack.shape):
         raise SourceChanged(f"{_where(path, dataset)}: the file's entity shape is {entity}, the catalog says "
                             f"{tuple(stack.shape)}", "re-ingest the dataset (its files changed after ingest)")
-    if batched and rows[-1] >= node.shape[0]:
-        raise SourceChanged(f"{_where(path, dataset, int(rows[-1]))}: index out of range ({node.shape[0]} rows)",
+    if batched and rows.max() >= node.shape[0]:
+        raise SourceChanged(f"{_where(path, dataset, int(rows.max()))}: index out of range ({node.shape[0]} rows)",
                             "re-ingest the dataset (its files changed after ingest)")
 
 
@@ -148,9 +148,14 @@ def read_stacked(stack: Stack, opener: Opener, out: np.ndarray | None = None) ->
             for path, dataset, positions in groups[start:start + OPEN_AT_ONCE]:
                 rows = stack.indices[positions]
                 try:
+                    known = _known_reads(opener, path, dataset, stack, rows, positions, out.dtype, held) \
+                        if flat is not None else None
+                    if known is not None:
+                        reads.append(known)
+                        continue
                     node, handle = held.enter_context(opener.located(path, dataset))
                     check_source(node, path, dataset, stack, rows)
-                    planned = _planned(node, handle, dataset, rows, positions, out.dtype) \
+                    planned = _planned(node, handle, path, dataset, rows, positions, out.dtype) \
                         if flat is not None else None
                     if planned is None:
                         _copy(node, rows, positions, out)
@@ -177,9 +182,20 @@ class RowLayout:
     row_bytes: int
 
 
-_LAYOUTS: "OrderedDict[tuple, RowLayout | None]" = OrderedDict()  # (real path, stamp, dataset) -> layout
-_LAYOUTS_LOCK = threading.Lock()
-LAYOUT_CACHE_ENTRIES = 4096  # ~25 KB each for 3,125-row files
+@dataclass(frozen=True)
+class _Known:
+    """A dataset as found in one version of its file (device, inode, mtime, size): what a read checks
+    (dtype, shape) and where its rows lie (None: h5py reads them). A later read of the same version
+    opens only the file's descriptor under the rule, not HDF5."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    layout: RowLayout | None
+
+
+_KNOWN: "OrderedDict[tuple, _Known]" = OrderedDict()  # (real path, stamp, dataset, batched) -> _Known
+_KNOWN_LOCK = threading.Lock()
+KNOWN_ENTRIES = 4096  # ~25 KB each for 3,125-row files
 
 
 def _stored_as_read(node: h5py.Dataset, batched: bool) -> tuple[int, int] | None:
@@ -242,19 +258,52 @@ def _row_offset(node: h5py.Dataset, row: int | None) -> int | None:
     return info.byte_offset + ((row - first) if row is not None else 0) * row_bytes
 
 
-def cached_layout(node: h5py.Dataset, handle: H5Handle, dataset: str, batched: bool) -> RowLayout | None:
-    """``row_layout``, once per file version (the handle's stamp: device, inode, mtime, size)."""
+def _remember(node: h5py.Dataset, handle: H5Handle, dataset: str, batched: bool) -> _Known:
+    """``node`` as found in its file's version (read once per version: the chunk index is walked here)."""
     key = (handle.real, handle.stamp, dataset, batched)
-    with _LAYOUTS_LOCK:
-        if key in _LAYOUTS:
-            _LAYOUTS.move_to_end(key)
-            return _LAYOUTS[key]
-    layout = row_layout(node, batched)
-    with _LAYOUTS_LOCK:
-        _LAYOUTS[key] = layout
-        while len(_LAYOUTS) > LAYOUT_CACHE_ENTRIES:
-            _LAYOUTS.popitem(last=False)
-    return layout
+    with _KNOWN_LOCK:
+        known = _KNOWN.get(key)
+        if known is not None:
+            _KNOWN.move_to_end(key)
+            return known
+    known = _Known(node.dtype, tuple(node.shape), row_layout(node, batched))
+    with _KNOWN_LOCK:
+        _KNOWN[key] = known
+        while len(_KNOWN) > KNOWN_ENTRIES:
+            _KNOWN.popitem(last=False)
+    return known
+
+
+def _offsets(layout: RowLayout, rows: np.ndarray, batched: bool) -> np.ndarray | None:
+    if not batched:
+        return np.full(len(rows), layout.chunk_offsets[0], np.int64)
+    chunk_start = layout.chunk_offsets[rows // layout.rows_per_chunk]
+    if (chunk_start < 0).any():
+        return None  # never-written chunks read as HDF5's fill value: h5py knows it
+    return chunk_start + (rows % layout.rows_per_chunk) * layout.row_bytes
+
+
+def _known_reads(opener: Opener, path: str, dataset: str, stack: Stack, rows: np.ndarray, targets: np.ndarray,
+                 dtype: np.dtype, held: ExitStack) -> "_Reads | None":
+    """The positional reads of a source already known in this version of its file: the file is opened
+    under the rule (checked on the descriptor) and its stamp looked up; None when it is not known (or
+    not readable as stored), so the caller opens it with HDF5."""
+    batched = bool(rows[0] >= 0)
+    try:
+        fd, real, stamp = opener.rule.open_fd(path)
+    except (FileRefused, OSError):
+        return None  # the HDF5 open names the problem the usual way
+    with _KNOWN_LOCK:
+        known = _KNOWN.get((real, stamp, dataset, batched))
+    if known is None or known.layout is None or known.dtype != dtype:
+        os.close(fd)
+        return None
+    held.callback(os.close, fd)
+    check_source(known, path, dataset, stack, rows)
+    offsets = _offsets(known.layout, rows, batched)
+    if offsets is None:
+        return None
+    return _Reads(fd, offsets, np.asarray(targets, np.int64), _where(path, dataset))
 
 
 @dataclass(frozen=True)
@@ -267,23 +316,22 @@ class _Reads:
     where: str
 
 
-def _planned(node: h5py.Dataset, handle: H5Handle, dataset: str, rows: np.ndarray, targets: np.ndarray,
+def _planned(node: h5py.Dataset, handle: H5Handle, path: str, dataset: str, rows: np.ndarray, targets: np.ndarray,
              dtype: np.dtype) -> _Reads | None:
     """The positional reads of one source's rows, or None when h5py must read them (the bytes in the file
     are not the output's: another byte order, a filter, an unwritten chunk ...)."""
     if handle.fd < 0 or node.dtype != dtype:
         return None
     batched = bool(rows[0] >= 0)
-    layout = cached_layout(node, handle, dataset, batched)
+    if handle.path != path:  # reached through an external link: read here, never remembered for ``path``
+        layout = row_layout(node, batched)
+    else:
+        layout = _remember(node, handle, dataset, batched).layout
     if layout is None:
         return None
-    if batched:
-        chunk_start = layout.chunk_offsets[rows // layout.rows_per_chunk]
-        if (chunk_start < 0).any():
-            return None  # never-written chunks read as HDF5's fill value: h5py knows it
-        offsets = chunk_start + (rows % layout.rows_per_chunk) * layout.row_bytes
-    else:
-        offsets = np.full(len(rows), layout.chunk_offsets[0], np.int64)
+    offsets = _offsets(layout, rows, batched)
+    if offsets is None:
+        return None
     return _Reads(handle.fd, offsets, np.asarray(targets, np.int64), _where(handle.path, dataset))
 
 

@@ -88,7 +88,7 @@ class Database:
 class SQLiteDatabase(Database):
     dialect = "sqlite"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, cache_mib: int = 128):
         self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the write lock up front).
         # check_same_thread=False: a pooled connection moves between threads, one user at a time.
@@ -100,7 +100,7 @@ class SQLiteDatabase(Database):
         # and were slower; BENCHMARKS.md). Temporary b-trees (index builds) spill to files.
         # WAL + synchronous=NORMAL stays atomic and consistent; only durability of the very
         # last commit on power loss is traded, never on a crash or kill of this process.
-        self.con.execute("PRAGMA cache_size=-131072")
+        self.con.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         self.con.execute("PRAGMA synchronous=NORMAL")
 
     def fetch(self, sql: str, *args: Any) -> list[tuple]:
@@ -225,7 +225,9 @@ class PostgresDatabase(Database):
             self.loop.close()
 
 
-def connect(cat: CatalogURI) -> Database:
+def connect(cat: CatalogURI, cache_mib: int = 128) -> Database:
+    """A connection; ``cache_mib``: SQLite's page cache (writers want the hot b-trees cached; readers that
+    scan once per dataset version, as the server's index, keep little: each pooled connection holds its own)."""
     if cat.dialect == "sqlite":
-        return SQLiteDatabase(str(cat.sqlite_path))
+        return SQLiteDatabase(str(cat.sqlite_path), cache_mib)
     return PostgresDatabase(cat.asyncpg_dsn, cat.display)

@@ -219,6 +219,7 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
     reference = {t: max(sorted(c), key=c.__getitem__) for t, c in votes.items()}
     out: dict[str, TypeLocators] = {}
     path_ids: dict[str, dict[str, int]] = {}
+    names: dict[str, str] = {}
     for parent, type_, parameters, uri, structure, structure_id in rows:
         pos = position.get(int(parent))
         if pos is None:
@@ -245,7 +246,7 @@ def _load_locators(db: Database, index: DatasetIndex) -> dict[str, TypeLocators]
             ids[loc.file] = len(t.paths)
             t.paths.append(loc.file)
         t.file_idx[pos] = ids[loc.file]
-        t.datasets[pos] = loc.dataset
+        t.datasets[pos] = names.setdefault(loc.dataset, loc.dataset)  # one str per distinct name, not per row
         t.indices[pos] = -1 if loc.index is None else loc.index
     return out
 
@@ -258,6 +259,9 @@ def _empty_type(name: str, n: int) -> TypeLocators:
 def _dtype_text(dtype: np.dtype) -> str:
     """'float64' for native byte order (as manifests write it), the explicit '>f8' otherwise."""
     return dtype.name if dtype.isnative else dtype.str
+
+
+READER_CACHE_MIB = 8  # SQLite page cache per pooled read connection (the index is loaded once per version)
 
 
 class IndexCache:
@@ -279,7 +283,7 @@ class IndexCache:
             with self._lock:
                 db = self._idle.pop() if self._idle else None
             if db is None:
-                db = connect(self.cat)
+                db = connect(self.cat, cache_mib=READER_CACHE_MIB)
             try:
                 yield db
             except BaseException:

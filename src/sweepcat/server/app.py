@@ -48,6 +48,26 @@ def _close_on_shutdown(app: Any) -> None:
     app.router.lifespan_context = lifespan
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
+
+
+def return_freed_memory() -> None:
+    """Let the server's process give freed memory back (glibc only; elsewhere nothing changes).
+
+    A fixed mmap threshold of 1 MiB: the buffers of stacked reads (MBs each) are mapped and unmapped,
+    not kept in the heap by glibc's sliding threshold; two malloc arenas, not one per worker thread,
+    each holding its own freed pages. Measured: RSS after 10,000-map reads 579 -> 540 MB (BENCHMARKS.md)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
     from tiled.server.app import build_app_from_config
     from tiled.server.settings import get_settings
@@ -72,6 +92,7 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
                           authenticated=bool(getattr(app.state, "authenticated", False)))
     app.state.sweepcat_policy = policy
     _close_on_shutdown(app)
+    return_freed_memory()
     if fast_path:
         app.add_middleware(LocatorFastPath, policy=policy)
     return app
