@@ -687,12 +687,18 @@ def test_the_fast_path_answers_exactly_as_tiled_does(world: World, inproc: Any, 
         _same(on.get(f"/api/v1/array/full/{world.path('rixs')}", params=params, headers=KEY),
               off.get(f"/api/v1/array/full/{world.path('rixs')}", params=params, headers=KEY), str(params))
     for route, params in (("search", {"q": "tenDq > 1"}), ("search", {"q": "tenDq >"}), ("search", {"limit": "-1"}),
+                          ("locators", {"type": "rixs"}), ("locators", {}), ("locators", {"q": "tenDq >"}),
+                          ("locators", {"type": "outside"}), ("locators", {"type": "rixs", "cuts": "slice:0:2"}),
                           ("read", {"type": "rixs", "q": f'key == "{world.keys[1]}"'}), ("read", {"type": "nope"}),
                           ("read", {"type": "outside"}), ("read", {"type": "rixs", "offset": "x"})):
         for name, cred in CREDENTIALS.items():
             kwargs = {"headers": cred.get("headers", {}), "params": {**params, **cred.get("params", {})}}
             _same(on.get(f"/api/v1/sweepcat/{route}/{world.dataset}", **kwargs),
                   off.get(f"/api/v1/sweepcat/{route}/{world.dataset}", **kwargs), f"{route} {params} with {name}")
+    fresh = inproc(public=public)  # no cookies left by the requests above
+    for route, params in (("search", {}), ("locators", {"type": "rixs"}), ("read", {"type": "rixs", "limit": "1"})):
+        r = fresh.get(f"/api/v1/sweepcat/{route}/{world.dataset}", params=params, headers=KEY)
+        assert r.status_code == 200 and r.headers.get("x-sweepcat-fast-path") == "1", route
 
 
 @pytest.mark.parametrize("public", [False, True])

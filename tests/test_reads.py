@@ -402,3 +402,24 @@ def test_progress_appears_only_for_long_reads(served):
     assert slow._bar is None and slow.done == 100
     res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].all()
     assert res.read("rixs", progress=False).shape == (len(res), 151, 40)
+
+
+def test_locator_fields_keep_only_the_columns_asked_for(served):
+    url, catalog = served
+    h = {"Authorization": f"Apikey {API_KEY}"}
+    import io
+
+    import pyarrow as pa
+
+    r = httpx.get(f"{url}/api/v1/sweepcat/locators/NiPS3_batched", headers=h,
+                  params={"type": "rixs", "fields": "file,dataset,index", "q": "tenDq > 1"})
+    assert r.status_code == 200
+    part = pa.ipc.open_stream(io.BytesIO(r.content)).read_all()
+    assert part.column_names == ["file", "dataset", "index"]
+    res = sweepcat.client.open(url, api_key=API_KEY)["NiPS3_batched"].find("tenDq > 1")
+    whole = res.locators
+    whole = whole[whole.type == "rixs"]
+    assert part.column("file").to_pylist() == list(whole.file)
+    assert part.column("index").to_pylist() == [int(i) for i in whole["index"]]
+    bad = httpx.get(f"{url}/api/v1/sweepcat/locators/NiPS3_batched", headers=h, params={"fields": "file,nope"})
+    assert bad.status_code == 400 and "nope" in bad.text and "fields are" in bad.text

@@ -130,35 +130,51 @@ class DatasetIndex:
                 return t.paths[int(bad[0])]
         return None
 
-    def locator_table(self, rows: np.ndarray, type_: str | None = None) -> pa.Table:
+    def locator_table(self, rows: np.ndarray, type_: str | None = None, fields: str | None = None) -> pa.Table:
+        """key, huid, type, file, dataset, index, url of every matching artifact; ``fields`` (comma-separated)
+        keeps only those columns (a reader here needs file, dataset and index: a third of the bytes)."""
         types = self.types
         if type_ is not None and type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
-        parts = []
-        for name, t in types.items():
-            if type_ is not None and name != type_:
-                continue
-            t.refuse_invalid(rows, self.table.key, self.key)
-            fi = t.file_idx[rows]
-            keep = fi >= 0
-            sel = rows[keep]
-            paths = np.asarray(t.paths, dtype=object)[fi[keep]] if len(t.paths) else np.array([], dtype=object)
-            idx = t.indices[sel]
-            ds = t.datasets[sel]
-            urls = absolute_locator_urls(paths, ds, (None if i < 0 else i for i in idx.tolist()))
-            parts.append(pa.table({
-                "key": pa.array(self.table.key[sel].tolist(), pa.string()),
-                "huid": pa.array(self.table.columns["huid"][sel].tolist(), pa.string())
-                if "huid" in self.table.columns else pa.nulls(len(sel), pa.string()),
-                "type": pa.array([name] * len(sel), pa.string()),
-                "file": pa.array(paths.tolist(), pa.string()),
-                "dataset": pa.array(ds.tolist(), pa.string()),
-                "index": pa.array(idx, mask=idx < 0, type=pa.int64()),
-                "url": pa.array(urls, pa.string()),
-            }))
+        keep = LOCATOR_FIELDS if not fields else tuple(f.strip() for f in fields.split(","))
+        unknown = [f for f in keep if f not in LOCATOR_FIELDS]
+        if unknown or not keep:
+            raise q.QueryError(f"unknown locator field(s) {', '.join(unknown) or '(none)'}",
+                               f"fields are {', '.join(LOCATOR_FIELDS)}")
+        parts = [self._locator_part(name, t, rows, keep) for name, t in types.items()
+                 if type_ is None or name == type_]
         if not parts:
-            return pa.table({"key": [], "huid": [], "type": [], "file": [], "dataset": [], "index": [], "url": []})
+            return pa.table({f: pa.array([], LOCATOR_TYPES[f]) for f in keep})
         return pa.concat_tables(parts)
+
+    def _locator_part(self, name: str, t: "TypeLocators", rows: np.ndarray, keep: tuple[str, ...]) -> pa.Table:
+        """The ``keep`` columns for one artifact type's rows that have it (only those columns are built)."""
+        t.refuse_invalid(rows, self.table.key, self.key)
+        fi = t.file_idx[rows]
+        has = fi >= 0
+        sel = rows[has]
+        paths = np.asarray(t.paths, dtype=object)[fi[has]] if len(t.paths) else np.array([], dtype=object)
+        idx = t.indices[sel]
+        ds = t.datasets[sel]
+        out = {}
+        for f in keep:
+            if f == "key":
+                out[f] = pa.array(self.table.key[sel].tolist(), pa.string())
+            elif f == "huid":
+                out[f] = pa.array(self.table.columns["huid"][sel].tolist(), pa.string()) \
+                    if "huid" in self.table.columns else pa.nulls(len(sel), pa.string())
+            elif f == "type":
+                out[f] = pa.array([name] * len(sel), pa.string())
+            elif f == "file":
+                out[f] = pa.array(paths.tolist(), pa.string())
+            elif f == "dataset":
+                out[f] = pa.array(ds.tolist(), pa.string())
+            elif f == "index":
+                out[f] = pa.array(idx, mask=idx < 0, type=pa.int64())
+            else:
+                out[f] = pa.array(absolute_locator_urls(paths, ds, (None if i < 0 else i for i in idx.tolist())),
+                                  pa.string())
+        return pa.table(out)
 
     def stack(self, rows: np.ndarray, type_: str) -> Stack:
         """Where the ``type_`` artifacts of ``rows`` live, in row order (for a stacked read)."""
@@ -178,6 +194,9 @@ class DatasetIndex:
         return read_stacked(self.stack(rows, type_), opener)
 
 
+LOCATOR_FIELDS = ("key", "huid", "type", "file", "dataset", "index", "url")
+LOCATOR_TYPES = {"key": pa.string(), "huid": pa.string(), "type": pa.string(), "file": pa.string(),
+                 "dataset": pa.string(), "index": pa.int64(), "url": pa.string()}
 MAX_DISTINCT = 1000  # values listed by a text facet
 MAX_VALUE_CHARS = 200  # characters of each listed value
 

@@ -71,13 +71,14 @@ class HttpBackend:
                                 cuts=cuts).content)
 
     def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None,
-                 cuts: str | None = None) -> pa.Table:
-        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_, version=version, cuts=cuts).content)
+                 cuts: str | None = None, fields: str | None = None) -> pa.Table:
+        return _table(self._get(f"/locators/{_seg(ds)}", q=q, type=type_, version=version, cuts=cuts,
+                                fields=fields).content)
 
     def stack(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
               version: int | None = None, cuts: str | None = None) -> Stack:
         """Where each match's ``type_`` array lives (the locators), for reading it here (Mode A)."""
-        return stack_of(self.locators(ds, q, type_, version, cuts), ds, type_, shape, dtype, total)
+        return stack_of(self.locators(ds, q, type_, version, cuts, STACK_FIELDS), ds, type_, shape, dtype, total)
 
     def facets(self, ds: str, q: str | None, param: str, bins: int, cuts: str | None = None) -> dict[str, Any]:
         return self._get(f"/facets/{_seg(ds)}", q=q, param=param, bins=bins, cuts=cuts).json()
@@ -256,9 +257,9 @@ class LocalBackend:
         return index.params_table(rows[offset:] if limit is None else rows[offset:offset + limit])
 
     def locators(self, ds: str, q: str | None, type_: str | None, version: int | None = None,
-                 cuts: str | None = None) -> pa.Table:
+                 cuts: str | None = None, fields: str | None = None) -> pa.Table:
         index = self._at(ds, version)
-        return index.locator_table(self._rows(index, q, cuts), type_)
+        return index.locator_table(self._rows(index, q, cuts), type_, fields)
 
     def stack(self, ds: str, q: str | None, type_: str, shape: tuple[int, ...], dtype: np.dtype, total: int,
               version: int | None = None, cuts: str | None = None) -> Stack:
@@ -305,6 +306,7 @@ def local_opener(root: str | None) -> Opener:
     return session([root or "/"])
 
 
+STACK_FIELDS = "file,dataset,index"  # what reading the files here needs of the locators
 PART_BYTES = 64 << 20  # a read reports progress after each part of this size
 
 

@@ -1,11 +1,12 @@
-"""A fast path in front of Tiled for the requests sweepcat answers most: one array node's bytes,
-a search page, a stacked read.
+"""A fast path in front of Tiled for the requests sweepcat answers most: one array node's bytes and
+metadata, a search page, a locator table, a stacked read.
 
 Tiled spends ~20 ms of framework work per array request (dependency solving,
 ORM loading of the node, its data sources and assets); for the nodes sweepcat
 writes, one SQL query finds everything a read needs. This ASGI middleware
-answers ``GET /api/v1/array/full/<path>`` for sweepcat's array nodes and
-``GET /api/v1/sweepcat/{search,read}/<dataset>`` when, and only when:
+answers ``GET /api/v1/array/full/<path>`` and ``GET /api/v1/metadata/<path>`` for
+sweepcat's nodes and ``GET /api/v1/sweepcat/{search,locators,read}/<dataset>`` when,
+and only when:
 
 - the boundary (``policy``) says Tiled would grant the request the scopes it
   needs (single-user key or anonymous access, no access policy);
@@ -14,8 +15,9 @@ answers ``GET /api/v1/array/full/<path>`` for sweepcat's array nodes and
 - for arrays, the file passes the boundary's file rule.
 
 It answers with the functions Tiled's route and sweepcat's routes use
-(``SlicedHDF5Adapter.read``, ``routes.search_page``, ``routes.read_page``),
-so sizes, the byte budget and every error are the same. Anything else goes to
+(``SlicedHDF5Adapter.read``, Tiled's ``construct_resource`` and serializers,
+``routes.search_page``, ``routes.locator_page``, ``routes.read_page``), so
+bodies, sizes, the byte budget and every error are the same. Anything else goes to
 Tiled untouched, which then produces the response.
 """
 
@@ -147,10 +149,10 @@ class LocatorFastPath:
             _Once(body, reservation)
 
     async def _sweepcat(self, scope: dict) -> Answer | None:
-        from .routes import MAX_PAGE, read_page, search_page
+        from .routes import ARROW, MAX_PAGE, arrow_bytes, locator_page, read_page, search_page
 
         kind, _, dataset = scope["path"][len(SWEEPCAT_PREFIX):].partition("/")
-        if kind not in ("search", "read") or not dataset or "/" in dataset:
+        if kind not in ("search", "read", "locators") or not dataset or "/" in dataset:
             return None
         params = _params(scope)
         if params is None:
@@ -160,7 +162,7 @@ class LocatorFastPath:
         if any(not _INT.match(v) or len(v) > 12 for v in numbers.values()):
             return None  # the FastAPI route gives its validation error
         offset = int(numbers.get("offset", 0))
-        needed = "read:metadata" if kind == "search" else "read:data"
+        needed = "read:data" if kind == "read" else "read:metadata"
         if needed not in await self._scopes(scope):
             return None
         try:
@@ -172,6 +174,11 @@ class LocatorFastPath:
                 result = await anyio.to_thread.run_sync(search_page, self.policy, dataset, params.get("q"), offset,
                                                         limit, None, version, params.get("cuts"))
                 return 200, {"content-type": "application/json"}, _json(result)
+            if kind == "locators" and set(params) <= {"q", "type", "version", "cuts", "fields"}:
+                table = await anyio.to_thread.run_sync(locator_page, self.policy, dataset, params.get("q"),
+                                                       params.get("type"), None, version, params.get("cuts"),
+                                                       params.get("fields"))
+                return 200, {"content-type": ARROW}, await anyio.to_thread.run_sync(arrow_bytes, table)
             if kind == "read" and "type" in params and set(params) <= {"q", "offset", "limit", "type", "version",
                                                                         "cuts"}:
                 limit = int(numbers["limit"]) if "limit" in numbers else None

@@ -228,11 +228,11 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(partial(fn, *args))
 
 
+ARROW = "application/vnd.apache.arrow.stream"
+
+
 def _arrow(table: pa.Table) -> Response:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return Response(sink.getvalue(), media_type="application/vnd.apache.arrow.stream")
+    return Response(arrow_bytes(table), media_type=ARROW)
 
 
 @router.get("/datasets")
@@ -301,35 +301,45 @@ async def params_route(dataset: str, q: str | None = Query(None), offset: int = 
 @router.get("/locators/{dataset}")
 async def locators(dataset: str, q: str | None = Query(None), type: str | None = None,
                    version: int | None = Query(None), cuts: str | None = Query(None),
+                   fields: str | None = Query(None),
                    access: Access = Depends(dataset_access(READ_METADATA))) -> Response:
     """Every matching artifact's locator (absolute file, dataset, index, URL form), as one Arrow table.
 
     A locator whose file lies outside readable storage is never served: the request is refused, naming it.
     With an access policy, artifacts the caller may not see are left out, as Tiled's listings leave them."""
     visible = await access.visible_keys()
-
-    def run() -> pa.Table:
-        cache = index_cache(access.policy.catalog)
-        index = _dataset(cache, dataset)
-        _same_version(index, version)
-        rows = _rows(index, q, visible, cuts)
-        try:
-            outside = index.outside(rows, type, access.policy.rule())
-            if outside is not None:
-                raise read_error(FileRefused(outside, "lies outside readable storage (its real path leaves it)"))
-            return index.locator_table(rows, type)
-        except QueryError as exc:
-            raise _error(exc, 400) from None
-        except SweepcatError as exc:
-            raise read_error(exc) from None
-
-    table = await _in_thread(run)
+    table = await _in_thread(locator_page, access.policy, dataset, q, type, visible, version, cuts, fields)
     if visible is not None and table.num_rows:
         pairs = list(zip(table.column("key").to_pylist(), table.column("type").to_pylist(), strict=True))
         hidden = await access.hidden_artifacts(pairs)
         if hidden:
             table = table.filter(pa.array([p not in hidden for p in pairs]))
     return _arrow(table)
+
+
+def locator_page(policy: ServerPolicy, dataset: str, q: str | None, type_: str | None,
+                 visible: frozenset[str] | None = None, version: int | None = None,
+                 cuts: str | None = None, fields: str | None = None) -> pa.Table:
+    """The matches' locators; refused, naming it, when one lies outside readable storage."""
+    index = _dataset(index_cache(policy.catalog), dataset)
+    _same_version(index, version)
+    rows = _rows(index, q, visible, cuts)
+    try:
+        outside = index.outside(rows, type_, policy.rule())
+        if outside is not None:
+            raise read_error(FileRefused(outside, "lies outside readable storage (its real path leaves it)"))
+        return index.locator_table(rows, type_, fields)
+    except QueryError as exc:
+        raise _error(exc, 400) from None
+    except SweepcatError as exc:
+        raise read_error(exc) from None
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
 @dataclass
