@@ -84,9 +84,7 @@ def million(work: Path) -> Path:
 
 
 def run(repeat: int = 1) -> Run:
-    from tiled.client import from_uri
 
-    import sweepcat.client
     from sweepcat.catalog.ingest import ingest
 
     result = Run("search")
@@ -97,28 +95,7 @@ def run(repeat: int = 1) -> Run:
         ingest(m, str(db))
         with sweepcat_server(str(db)) as url:
             result.figures += search_figures(url, "SQLite 100k", m.description.key)
-            ds = sweepcat.client.open(url, api_key=API_KEY)[m.description.key]
-            # rows of the four files that hold data: ranks 0-3
-            res_1k = ds.find('huid < "NiPS3_random_rank0000_1000"')
-            res_10k = ds.find('huid < "NiPS3_random_rank0003_0625"')
-            assert len(res_1k) == 1000 and len(res_10k) == 10_000
-            result.figures.append(Figure("batch fetch of 1,000 RIXS maps over HTTP (res.read)", "s",
-                                         [x / 1000 for x in _lat(lambda: res_1k.read("rixs"), n=5, warm=1)],
-                                         target="<= 0.3 s"))
-            result.figures.append(Figure("Mode B: 10,000 RIXS maps stacked over HTTP", "s",
-                                         [x / 1000 for x in _lat(lambda: res_10k.read("rixs"), n=3, warm=1)],
-                                         target="<= 2 s"))
-            result.figures.append(Figure("Mode A: the same 10,000 read locally from the locators (page cache)", "s",
-                                         [x / 1000 for x in _lat(lambda: res_10k.read("rixs", mode="direct"),
-                                                                 n=3, warm=1)], target="<= 0.5 s"))
-            client = from_uri(url, api_key=API_KEY)[m.description.key]
-            keys = res_1k.keys()[:100]
-            t0 = time.perf_counter()
-            for k in keys:
-                client[k]["rixs"].read()
-            per = (time.perf_counter() - t0) / len(keys)
-            result.figures.append(Figure("one by one through Tiled's client (100 maps, incl. node lookup)", "ms",
-                                         [per * 1000], baseline=f"1,000 maps: {per * 1000:.1f} s; anchor ~48 s"))
+            # read figures: bench_reads.py (written data, rows chosen by queries, the limit beside them)
         pg = PostgresCluster(durable=True).start()
         try:
             dsn = pg.create_database("search")
