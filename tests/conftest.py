@@ -63,3 +63,19 @@ def demo_manifests(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, ru
         r = runner.invoke(app, ["manifest", str(spec), "-o", str(out)])
         assert r.exit_code == 0, r.output
     return out
+
+
+def demo_catalog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifests: Path,
+                 name: str) -> str:
+    """A catalog on the backend ``request.param`` names ("sqlite" or "postgresql") holding the three demo
+    datasets, for module-scoped served fixtures."""
+    from sweepcat.catalog.ingest import ingest
+    from tests.test_catalog import DATASETS, manifests_of
+
+    if request.param == "sqlite":
+        catalog = str(tmp_path_factory.mktemp(name) / "catalog.db")
+    else:
+        catalog = request.getfixturevalue("postgres").create_database(f"{name}_{id(request)}")
+    for dataset in DATASETS:
+        ingest(manifests_of(manifests, dataset), catalog)
+    return catalog

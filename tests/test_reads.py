@@ -11,14 +11,22 @@ import os
 from pathlib import Path
 
 import h5py
+import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sweepcat.client
 from sweepcat import h5read
+from sweepcat.client.progress import ReadProgress
+from sweepcat.errors import DatasetChanged, SweepcatError
 from sweepcat.h5open import session
 from sweepcat.h5read import SourceChanged, Stack, read_direct, read_stacked, row_layout
+from tests.conftest import demo_catalog
+from tests.support.servers import API_KEY, sweepcat_server
+from tests.test_catalog import manifests_of
 
 DTYPES = ["<f8", "<f4", "<i4", "<u2", "|i1", "<c16", ">f8", ">i4", "|b1"]
 
@@ -163,28 +171,13 @@ def test_a_file_cut_short_during_a_read_is_refused_not_read_short(tmp_path: Path
 
 # --------------------------------------------------------------------------- through a real server
 
-import httpx  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import sweepcat.client  # noqa: E402
-from sweepcat.catalog.ingest import ingest  # noqa: E402
-from sweepcat.client.progress import ReadProgress  # noqa: E402
-from sweepcat.errors import DatasetChanged, SweepcatError  # noqa: E402
-from tests.support.servers import API_KEY, sweepcat_server  # noqa: E402
-from tests.test_catalog import DATASETS, manifests_of  # noqa: E402
-
 ROW = 151 * 40 * 8  # one RIXS map
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_manifests: Path):
     """(url, catalog): the demo datasets on each backend, served with one RIXS map per streamed chunk."""
-    if request.param == "sqlite":
-        catalog = str(tmp_path_factory.mktemp("reads") / "catalog.db")
-    else:
-        catalog = request.getfixturevalue("postgres").create_database(f"reads_{id(request)}")
-    for name in DATASETS:
-        ingest(manifests_of(demo_manifests, name), catalog)
+    catalog = demo_catalog(request, tmp_path_factory, demo_manifests, "reads")
     with sweepcat_server(catalog, extra_env={"SWEEPCAT_STREAM_CHUNK_BYTES": str(ROW)}) as url:
         yield url, catalog
 

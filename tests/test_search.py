@@ -20,8 +20,9 @@ from sweepcat.catalog.ingest import ingest
 from sweepcat.cli import app
 from sweepcat.errors import SweepcatError
 from sweepcat.query import Between, BoolOp, Compare, Member, Not, QueryError, parse
+from tests.conftest import demo_catalog
 from tests.support.servers import API_KEY, sweepcat_server
-from tests.test_catalog import DATASETS, manifests_of
+from tests.test_catalog import manifests_of
 
 PARAMS = ["F2_dd", "tenDq", "soc_c", "Gam_c", "xoffset"]
 
@@ -29,12 +30,7 @@ PARAMS = ["F2_dd", "tenDq", "soc_c", "Gam_c", "xoffset"]
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_manifests: Path):
     """(url, catalog, manifests dir): the demo datasets ingested, a server running; one per backend."""
-    if request.param == "sqlite":
-        catalog = str(tmp_path_factory.mktemp("search") / "catalog.db")
-    else:
-        catalog = request.getfixturevalue("postgres").create_database(f"search_{id(request)}")
-    for name in DATASETS:
-        ingest(manifests_of(demo_manifests, name), catalog)
+    catalog = demo_catalog(request, tmp_path_factory, demo_manifests, "search")
     with sweepcat_server(catalog, extra_env={"SWEEPCAT_MAX_READ_BYTES": str(48320 * 7)}) as url:
         yield url, catalog, demo_manifests
 
