@@ -15,7 +15,8 @@ import importlib
 
 BENCHES = {"manifest": "bench.bench_manifest", "catalog": "bench.bench_catalog", "register": "bench.bench_register",
            "search": "bench.bench_search", "boundary": "bench.bench_boundary",
-           "ingest": "bench.bench_ingest", "counts": "bench.bench_counts", "reads": "bench.bench_reads"}
+           "ingest": "bench.bench_ingest", "counts": "bench.bench_counts", "reads": "bench.bench_reads",
+           "explorer": "bench.bench_explorer"}
 
 
 def main(argv: list[str] | None = None) -> None:

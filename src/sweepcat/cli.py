@@ -575,6 +575,7 @@ def serve_cmd(
         out.print(f"sweepcat serving {parse_catalog(catalog).display} at {url}  (Tiled {_tiled_version()})")
         out.print(f"  API key:  {key}" + ("   (generated; set SWEEPCAT_API_KEY to choose one)" if generated else ""))
         out.print(f"  web UI:   {url}/ui/?api_key={key}")
+        out.print(f"  explorer: {url}/sweepcat/" + ("" if public else "   (asks for the key once per browser tab)"))
         out.print(f"  readable: {', '.join(roots) or '(no datasets yet)'}")
         out.print("  anonymous read access: " + ("on (--public)" if public else "off"))
         out.print(_snippet(url, key, catalog), markup=False, highlight=False)

@@ -68,6 +68,13 @@ class Catalog:
                 raise KeyError(f"no dataset {key!r} at {self.backend.where}; datasets: {', '.join(self._datasets)}")
         return Dataset(self.backend, self._datasets[key])
 
+    def explore(self, dataset: str | None = None, open_browser: bool = False) -> Any:
+        """The explorer page of this catalog's server (``/sweepcat/``): its address printed and returned
+        (opened with ``open_browser=True``), never with the API key; for a catalog file, how to serve it."""
+        from .plot import explore
+
+        return explore(self.backend, dataset, open_browser=open_browser)
+
     def __repr__(self) -> str:
         lines = [f"<sweepcat catalog {self.backend.where}: {len(self)} dataset(s)>"]
         lines += [f"  {k}: {d.get('hamiltonians')} Hamiltonians, artifacts {', '.join(d.get('artifacts', {}))}"
@@ -106,6 +113,13 @@ class Dataset:
 
     def all(self) -> "Result":
         return Result(self, None)
+
+    def plot_params(self, names: Sequence[str], query: str | None = None, bins: int = 40, **kwargs: Any) -> Any:
+        """Histograms of ``names`` and the 2-D density of each pair, over every Hamiltonian or those matching
+        ``query`` (a matplotlib Figure; ``pip install 'sweepcat[plot]'``). kwargs: figsize."""
+        from .plot import plot_params
+
+        return plot_params(self, names, query=query, bins=bins, **kwargs)
 
     def __len__(self) -> int:
         return len(self.all())
@@ -325,6 +339,26 @@ class Result:
 
         return SweepDataset(self, type_, list(target), dtype=dtype, transform=transform, mode=mode)
 
+    def plot(self, type_: str, n: int = 4, **kwargs: Any) -> Any:
+        """The first ``n`` arrays: 2-D ones as heatmaps on their physical axes with colour bars, 1-D ones as
+        lines on their axis, the Hamiltonian and its parameters in the titles (a matplotlib Figure;
+        ``pip install 'sweepcat[plot]'``). kwargs: params=[...], log=True, ncols, cmap, figsize."""
+        from .plot import plot_maps
+
+        return plot_maps(self, type_, n, **kwargs)
+
+    def plot_params(self, names: Sequence[str], bins: int = 40, **kwargs: Any) -> Any:
+        """Histograms and 2-D densities of ``names`` over this result (see ``Dataset.plot_params``)."""
+        from .plot import plot_params
+
+        return plot_params(self, names, bins=bins, **kwargs)
+
+    def explore(self, open_browser: bool = False) -> Any:
+        """The explorer showing this result's dataset and query (cuts such as sort or slices are not carried)."""
+        from .plot import explore
+
+        return explore(self.backend, self.dataset.key, self.query, open_browser=open_browser)
+
     def _described(self) -> str:
         what = self.query or "(everything)"
         return what + "".join(f" {c.describe()}" for c in self.cuts)
@@ -334,11 +368,14 @@ class Result:
                 f"first keys {self._first['keys'][:3]}>")
 
     def _repr_html_(self) -> str:
+        """The first rows, then small histograms of the selection's parameters (inline SVG)."""
+        from .plot import histograms_html
+
         first = self.backend.params(self.dataset.key, self.query, 0, 10, self.version, self._cuts).to_pylist()
         headers = list(first[0]) if first else ["key"]
         rows = [[r[h] for h in headers] for r in first]
         return _table_html(headers, rows, f"{len(self)} Hamiltonians of {self.dataset.key} match "
-                                          f"{self._described()} (first 10)")
+                                          f"{self._described()} (first 10)") + histograms_html(self)
 
 
 def _seed(seed: int | None) -> int:

@@ -91,6 +91,9 @@ def build_app(config: dict[str, Any], *, fast_path: bool = True) -> Any:
                           allow_anonymous=bool(auth.get("allow_anonymous_access")),
                           authenticated=bool(getattr(app.state, "authenticated", False)))
     app.state.sweepcat_policy = policy
+    from .explorer import mount as mount_explorer  # the explorer page at /sweepcat/ (issue 11)
+
+    mount_explorer(app)
     _close_on_shutdown(app)
     return_freed_memory()
     if fast_path:

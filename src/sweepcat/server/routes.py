@@ -445,3 +445,8 @@ async def read(dataset: str, type: str, q: str | None = Query(None), offset: int
     await access.check_artifacts(plan.keys, type, "read:data")
     page = await _in_thread(start_read, access.policy, plan)
     return StreamingResponse(page.chunks, media_type="application/octet-stream", headers=page.headers)
+
+
+from .explorer import api as explorer_api  # noqa: E402 - the explorer's routes (issue 11), under /sweepcat/explorer
+
+router.include_router(explorer_api)
