@@ -144,6 +144,36 @@ def test_the_direct_path_is_taken_for_uncompressed_rows(tmp_path: Path, monkeypa
     assert used == [1]
 
 
+def test_a_file_rewritten_in_place_to_the_same_size_and_mtime_is_read_anew(tmp_path: Path) -> None:
+    """Found by a red-team round: a file overwritten in place (same inode and size, its mtime put back as
+    `cp -p` or `rsync -t` do) was read at the row offsets remembered for the old file: wrong bytes, no
+    error. The file's version now includes its ctime, which no one can set back."""
+    from sweepcat.h5open import FileCache, FileRule
+
+    old, new, target = tmp_path / "old.h5", tmp_path / "new.h5", tmp_path / "data.h5"
+    rng = np.random.default_rng(3)
+    with h5py.File(old, "w") as f:
+        f.create_dataset("A", data=rng.standard_normal((40, 30)), chunks=(1, 30))
+    with h5py.File(new, "w") as f:  # other values, another layout (contiguous)
+        f.create_dataset("A", data=(want := rng.standard_normal((40, 30))))
+    size = max(old.stat().st_size, new.stat().st_size)
+    for p in (old, new):
+        os.truncate(p, size)
+    target.write_bytes(old.read_bytes())
+    rows = np.array([3, 17, 39, 0], np.int64)
+    stack = Stack([str(target)], np.zeros(len(rows), np.int64), np.array(["A"] * len(rows), dtype=object), rows,
+                  (30,), np.dtype("<f8"))
+    openers = [session([tmp_path]), FileCache().opener(FileRule.under(tmp_path))]
+    for opener in openers:
+        read_stacked(stack, opener)  # the old file's layout is now known
+    mtime = target.stat().st_mtime_ns
+    with open(target, "r+b") as f:  # in place: same inode, same size
+        f.write(new.read_bytes())
+    os.utime(target, ns=(mtime, mtime))
+    for opener in openers:
+        np.testing.assert_array_equal(read_stacked(stack, opener), want[rows])
+
+
 def test_a_file_cut_short_during_a_read_is_refused_not_read_short(tmp_path: Path) -> None:
     """A file truncated while open (HDF5 already trusted its header) is refused naming it: no row is left
     holding what the output array held before."""
@@ -284,7 +314,10 @@ def test_a_cut_is_read_on_the_version_it_was_cut_from(served):
 
 @pytest.mark.parametrize("cuts, says", [("slice:a:b", "not an integer"), ("shuffle:-1", "seed"),
                                         ("sort:nope", "no such parameter"), ("frobnicate:1", "not understood"),
-                                        ("slice:0:5:0", "step"), ("take:999999", "past the result")])
+                                        ("slice:0:5:0", "step"), ("take:999999", "past the result"),
+                                        # found by a red-team round: these were 500s
+                                        ("take:1,,2", "none empty"), ("take:,", "none empty"),
+                                        ("take:99999999999999999999", "none empty")])
 def test_bad_cuts_get_400_naming_the_cut(served, cuts: str, says: str):
     url, _ = served
     r = httpx.get(f"{url}/api/v1/sweepcat/search/NiPS3_batched", params={"cuts": cuts},

@@ -54,6 +54,16 @@ class DatasetMissing(SweepcatError):
     """The file opens, but holds no dataset at that path."""
 
 
+Stamp = tuple[int, int, int, int, int]
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    """A file's version: device, inode, size, mtime and ctime. The ctime is set by the kernel on every
+    write and cannot be set back (``os.utime``, ``cp -p``, ``rsync -t`` restore only the mtime), so a
+    file rewritten in place to the same size and mtime still gets a new stamp."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _inside(real: str, roots: tuple[str, ...]) -> bool:
     return any(real == r or real.startswith(r if r.endswith("/") else r + "/") for r in roots)
 
@@ -112,7 +122,7 @@ class FileRule:
             raise FileRefused(path, f"is {file_kind(st.st_mode)}, not a regular file")
         return real, st
 
-    def open_fd(self, path: str) -> tuple[int, str, tuple[int, int, int, int]]:
+    def open_fd(self, path: str) -> tuple[int, str, Stamp]:
         """(descriptor, real path, stamp) of a file opened read-only under the rule, checked on the
         descriptor itself; the caller closes it. FileNotFoundError and OSError propagate."""
         real, _ = self.check(path)
@@ -133,7 +143,7 @@ class FileRule:
         except BaseException:
             os.close(fd)
             raise
-        return fd, real, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        return fd, real, stamp_of(st)
 
     def open(self, path: str) -> "H5Handle":
         """Open an HDF5 file read-only under the rule. FileNotFoundError and OSError (not HDF5) propagate."""
@@ -154,7 +164,7 @@ class H5Handle:
 
     path: str  # as named by the caller (catalog, manifest)
     real: str
-    stamp: tuple[int, int, int, int]  # dev, ino, mtime_ns, size
+    stamp: Stamp  # stamp_of: dev, ino, size, mtime_ns, ctime_ns
     file: h5py.File
     refs: int = 0
     datasets: dict[tuple[str, tuple[str, ...]], h5py.Dataset] = field(default_factory=dict)
@@ -321,7 +331,7 @@ class FileCache:
 
     def acquire(self, rule: FileRule, path: str) -> H5Handle:
         real, st = rule.check(path)
-        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        stamp = stamp_of(st)
         with self._lock:
             h = self._current.get(real)
             if h is not None and h.stamp == stamp:

@@ -184,7 +184,7 @@ class RowLayout:
 
 @dataclass(frozen=True)
 class _Known:
-    """A dataset as found in one version of its file (device, inode, mtime, size): what a read checks
+    """A dataset as found in one version of its file (``h5open.stamp_of``): what a read checks
     (dtype, shape) and where its rows lie (None: h5py reads them). A later read of the same version
     opens only the file's descriptor under the rule, not HDF5."""
 

@@ -426,6 +426,8 @@ def parse_cuts(text: str | None) -> tuple[Cut, ...]:
             cuts.append(Cut("shuffle", (seed,)))
         elif kind == "take" and rest:
             positions = [_int(x, "position", part) for x in rest.split(",")]
+            if any(p is None or not -2**62 < p < 2**62 for p in positions):
+                raise QueryError(f"cut {part!r}: positions must be integers, none empty", "e.g. take:0,5,17")
             if len(positions) > MAX_TAKE:
                 raise _limit("positions in a take cut", MAX_TAKE, "take fewer rows per request")
             cuts.append(Cut("take", tuple(positions)))

@@ -137,9 +137,9 @@ class DatasetIndex:
         if type_ is not None and type_ not in types:
             raise q.QueryError(f"unknown artifact type {type_!r}", f"types of {self.key}: {', '.join(types)}")
         keep = LOCATOR_FIELDS if not fields else tuple(f.strip() for f in fields.split(","))
-        unknown = [f for f in keep if f not in LOCATOR_FIELDS]
+        unknown = [repr(f) for f in keep if f not in LOCATOR_FIELDS]
         if unknown or not keep:
-            raise q.QueryError(f"unknown locator field(s) {', '.join(unknown) or '(none)'}",
+            raise q.QueryError(f"unknown locator field(s) {', '.join(unknown) or '(none given)'}",
                                f"fields are {', '.join(LOCATOR_FIELDS)}")
         parts = [self._locator_part(name, t, rows, keep) for name, t in types.items()
                  if type_ is None or name == type_]
