@@ -79,3 +79,15 @@ def demo_catalog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     for dataset in DATASETS:
         ingest(manifests_of(manifests, dataset), catalog)
     return catalog
+
+
+def sqlite_demo(tmp_path_factory: pytest.TempPathFactory, manifests: Path, name: str,
+                datasets: tuple[str, ...] = ("NiPS3_batched", "NiPS3_per_entity")) -> str:
+    """A fresh SQLite catalog holding ``datasets`` of the demo data (for module-scoped fixtures)."""
+    from sweepcat.catalog.ingest import ingest
+    from sweepcat.contract import read_manifests
+
+    path = tmp_path_factory.mktemp(name) / "c.db"
+    for dataset in datasets:
+        ingest(read_manifests(manifests, dataset=dataset), str(path))
+    return str(path)

@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweepcat.catalog.ingest import ingest
-from sweepcat.contract import read_manifests
+from tests.conftest import sqlite_demo
 from tests.support import browser as chrome
 from tests.support.servers import API_KEY, sweepcat_server
 
@@ -30,10 +29,7 @@ STATIC = Path(__file__).resolve().parents[1] / "src" / "sweepcat" / "server" / "
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory, demo_manifests: Path) -> str:
-    path = tmp_path_factory.mktemp("explorer") / "c.db"
-    for name in ("NiPS3_batched", "NiPS3_per_entity"):
-        ingest(read_manifests(demo_manifests, dataset=name), str(path))
-    return str(path)
+    return sqlite_demo(tmp_path_factory, demo_manifests, "explorer")
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 import sweepcat.client
-from sweepcat.catalog.ingest import ingest
 from sweepcat.client import plot
-from sweepcat.contract import read_manifests
 from sweepcat.errors import SweepcatError
+from tests.conftest import sqlite_demo
 from tests.support.servers import API_KEY, sweepcat_server
 
 matplotlib.use("Agg")
@@ -28,10 +27,7 @@ DS = "NiPS3_batched"
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory, demo_manifests: Path) -> str:
-    path = tmp_path_factory.mktemp("plot") / "c.db"
-    for name in ("NiPS3_batched", "NiPS3_per_entity"):
-        ingest(read_manifests(demo_manifests, dataset=name), str(path))
-    return str(path)
+    return sqlite_demo(tmp_path_factory, demo_manifests, "plot")
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +168,13 @@ def test_explore_prints_the_page_never_the_key(catalog: str, server: str) -> Non
     assert httpx.get(link).status_code == 200
     local = plot.explore(sweepcat.client.open(catalog).backend, say=said.append)
     assert f"sweepcat serve --catalog {catalog}" in local and "/sweepcat/" in local
-    if hasattr(cat, "explore"):  # wired into client/catalog.py
-        assert str(cat.explore()).startswith(f"{server}/sweepcat/")
+    assert str(cat.explore()).startswith(f"{server}/sweepcat/")
 
 
 def test_wired_methods_call_the_helpers(catalog: str) -> None:
-    """Once client/catalog.py has res.plot and ds.plot_params, they draw what the helpers draw."""
+    """res.plot and ds.plot_params draw what the helpers draw."""
     ds = sweepcat.client.open(catalog)[DS]
     res = ds.find("tenDq > 1")
-    if not hasattr(res, "plot") or not hasattr(ds, "plot_params"):
-        pytest.skip("client/catalog.py does not have Result.plot / Dataset.plot_params yet")
     fig = res.plot("rixs", n=2)
     assert [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"] == \
         [ax.get_title() for ax in plot.plot_maps(res, "rixs", n=2).axes if ax.get_label() != "<colorbar>"]

@@ -174,6 +174,28 @@ def test_a_file_rewritten_in_place_to_the_same_size_and_mtime_is_read_anew(tmp_p
         np.testing.assert_array_equal(read_stacked(stack, opener), want[rows])
 
 
+def test_a_known_file_swapped_for_a_link_outside_is_refused(tmp_path: Path) -> None:
+    """The positional path opens only what the file rule allows, every read: a source known from an earlier
+    read and then replaced by a symlink leaving the root is refused by name, never read."""
+    from sweepcat.h5open import FileRefused
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    with h5py.File(root / "a.h5", "w") as f:
+        f.create_dataset("A", data=np.zeros((4, 3)), chunks=(1, 3))
+    with h5py.File(outside / "secret.h5", "w") as f:
+        f.create_dataset("A", data=np.full((4, 3), 7.0), chunks=(1, 3))
+    stack = Stack([str(root / "a.h5")], np.zeros(2, np.int64), np.array(["A", "A"], dtype=object),
+                  np.array([0, 3], np.int64), (3,), np.dtype("<f8"))
+    opener = session([root])
+    assert not read_stacked(stack, opener).any()  # known now
+    (root / "a.h5").unlink()
+    (root / "a.h5").symlink_to(outside / "secret.h5")
+    with pytest.raises(FileRefused, match="a.h5"):
+        read_stacked(stack, opener)
+
+
 def test_a_file_cut_short_during_a_read_is_refused_not_read_short(tmp_path: Path) -> None:
     """A file truncated while open (HDF5 already trusted its header) is refused naming it: no row is left
     holding what the output array held before."""
