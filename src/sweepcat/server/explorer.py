@@ -78,28 +78,21 @@ async def explorer_redirect(request: Request) -> Response:
     return RedirectResponse(f"{request.scope.get('root_path', '')}/sweepcat/" + (f"?{query}" if query else ""))
 
 
-@page.get("/sweepcat/", include_in_schema=False)
 async def explorer_page(request: Request) -> HTMLResponse:
     """The explorer. It needs no key itself: its data requests authenticate (a key kept in sessionStorage)."""
     return HTMLResponse(_page_html(f"{request.scope.get('root_path', '')}/api/v1"),
                         headers={"cache-control": "no-cache"})
 
 
-@page.get("/sweepcat/static/{name}", include_in_schema=False)
 async def explorer_static(name: str) -> Response:
     return _static(name)
 
 
+page.add_api_route("/sweepcat/", explorer_page, include_in_schema=False)
+page.add_api_route("/sweepcat/static/{name}", explorer_static, include_in_schema=False)
 # The same page under the API prefix, for servers built without sweepcat's app (`tiled serve config`).
-@api.get("/", include_in_schema=False)
-async def explorer_page_in_api(request: Request) -> HTMLResponse:
-    return HTMLResponse(_page_html(f"{request.scope.get('root_path', '')}/api/v1"),
-                        headers={"cache-control": "no-cache"})
-
-
-@api.get("/static/{name}", include_in_schema=False)
-async def explorer_static_in_api(name: str) -> Response:
-    return _static(name)
+api.add_api_route("/", explorer_page, include_in_schema=False)
+api.add_api_route("/static/{name}", explorer_static, include_in_schema=False)
 
 
 def mount(app: Any) -> None:

@@ -212,7 +212,7 @@ class LocatorFastPath:
         if getattr(root, "node", None) is None or getattr(root, "conditions", None) \
                 or getattr(root, "access_filters", None) or getattr(root.node, "id", None) != 0:
             return None  # only a catalog served at the root, as `sweepcat serve` and its config do
-        limit = _settings().exact_count_limit
+        limit = _settings(app).exact_count_limit
         if self.lookup.cat.dialect == "sqlite":
             found = await anyio.to_thread.run_sync(self._node_sync, segments, limit)
         else:
@@ -297,10 +297,12 @@ def _key_cookie(scope: dict, params: dict[str, str]) -> str | None:
     return f"tiled_api_key={params['api_key']}; HttpOnly; Path=/; SameSite=lax"
 
 
-def _settings() -> Any:
+def _settings(app: Any) -> Any:
+    """The app's settings as Tiled's routes get them (its config overrides Tiled's defaults, e.g. the exact
+    count limit), not Tiled's defaults."""
     from tiled.server.settings import get_settings
 
-    return get_settings()
+    return app.dependency_overrides.get(get_settings, get_settings)()
 
 
 class _NodeView:
